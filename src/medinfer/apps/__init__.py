@@ -1,0 +1,1 @@
+"""The seed systems as apps: pre-processing + model + post-processing + metrics + outputs."""

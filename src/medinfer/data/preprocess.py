@@ -1,0 +1,57 @@
+"""Preprocessing spec carried by a model artifact, and its deterministic application.
+
+The same :class:`Preprocessing` object drives training, evaluation, calibration and
+serving, so a variant is never fed differently from how it was trained.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from monai.transforms import Resize
+
+from medinfer.data.spec import Preprocessing
+
+
+def resize_image(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a (C, H, W) image bilinearly (MONAI ``Resize``); returns float32 (C, *size)."""
+    out = Resize(spatial_size=size, mode="bilinear", align_corners=False)(array.astype(np.float32))
+    return np.asarray(out, dtype=np.float32)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize a boolean (H, W) mask with nearest-neighbour sampling; returns bool (H, W)."""
+    out = Resize(spatial_size=size, mode="nearest")(mask[None].astype(np.float32))
+    return np.asarray(out)[0] > 0.5
+
+
+def normalize(array: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """Scale and standardize a (C, H, W) or (N, C, H, W) float array by ``spec``."""
+    c = array.shape[-3]
+    mean = np.asarray(spec.mean[:c], dtype=np.float32).reshape(c, 1, 1)
+    std = np.asarray(spec.std[:c], dtype=np.float32).reshape(c, 1, 1)
+    return ((array * spec.scale - mean) / std).astype(np.float32)
+
+
+def to_channels(array: np.ndarray, channels: int) -> np.ndarray:
+    """Repeat a greyscale (1, H, W) image to ``channels`` or drop alpha; returns (channels, H, W)."""
+    if array.shape[0] == channels:
+        return array
+    if array.shape[0] == 1:
+        return np.repeat(array, channels, axis=0)
+    return array[:channels]
+
+
+def prepare_batch(images: list[np.ndarray], spec: Preprocessing) -> np.ndarray:
+    """Raw (C, H, W) images of any size -> network batch (N, C, *spec.size) float32."""
+    out = [normalize(resize_image(to_channels(im, spec.channels), spec.size), spec) for im in images]
+    return np.stack(out) if out else np.zeros((0, spec.channels, *spec.size), np.float32)
+
+
+def logits_to_mask(logits: Any, threshold: float = 0.5) -> np.ndarray:
+    """Binary masks from (N, 1, H, W) logits (array or tensor): sigmoid > threshold; bool (N, H, W)."""
+    arr = logits.detach().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
+    # sigmoid(x) > t  <=>  x > logit(t); avoids overflow in exp for large logits.
+    cut = float(np.log(threshold / (1.0 - threshold)))
+    return arr[:, 0] > cut

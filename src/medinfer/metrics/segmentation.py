@@ -1,0 +1,45 @@
+"""Dice and IoU of binary masks (MONAI's ``compute_dice`` / ``compute_iou``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice, compute_iou
+
+
+def dice_iou_per_image(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image Dice and IoU of binary masks.
+
+    Args:
+        pred: bool (N, H, W) predicted masks (already thresholded at 0.5).
+        target: bool (N, H, W) ground truth.
+
+    Returns:
+        Two float64 arrays of length N. An image where both masks are empty scores 1.0.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+    p = torch.from_numpy(np.ascontiguousarray(pred, dtype=np.float32))[:, None]
+    t = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[:, None]
+    dice = compute_dice(p, t, include_background=True, ignore_empty=False)[:, 0]
+    iou = compute_iou(p, t, include_background=True, ignore_empty=False)[:, 0]
+    return dice.double().numpy(), iou.double().numpy()
+
+
+@dataclass(frozen=True)
+class SegmentationScores:
+    """Mean per-image Dice and IoU over ``n`` images (threshold 0.5)."""
+
+    dice: float
+    iou: float
+    n: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def summarize(dice: np.ndarray, iou: np.ndarray) -> SegmentationScores:
+    """Mean of per-image scores."""
+    return SegmentationScores(float(np.mean(dice)), float(np.mean(iou)), int(len(dice)))

@@ -1,0 +1,6 @@
+"""Model registry. Importing this package registers the built-in networks."""
+
+from medinfer.models import networks as _networks  # noqa: F401  (registers models)
+from medinfer.models.registry import ModelEntry, create_model, get_entry, list_models, register_model
+
+__all__ = ["ModelEntry", "create_model", "get_entry", "list_models", "register_model"]

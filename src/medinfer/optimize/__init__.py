@@ -1,0 +1,1 @@
+"""Optimize: export (ONNX, OpenVINO IR), quantize (ORT, NNCF), accuracy gate, variant choice."""

@@ -1,0 +1,80 @@
+"""INT8 quantization: ONNX Runtime static (QDQ) and dynamic, OpenVINO via NNCF PTQ."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class _CalibrationReader:
+    """ONNX Runtime CalibrationDataReader over a preprocessed (N, C, H, W) array, one image a step."""
+
+    def __init__(self, input_name: str, images: np.ndarray) -> None:
+        self._items = iter([{input_name: images[i:i + 1]} for i in range(len(images))])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._items, None)
+
+
+def _preprocessed(onnx_path: Path, work: Path) -> Path:
+    """ORT's recommended pre-quantization pass (shape inference + graph cleanup)."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    out = work / (onnx_path.stem + "_prep.onnx")
+    quant_pre_process(str(onnx_path), str(out), skip_symbolic_shape=False)
+    return out
+
+
+def ort_static_int8(onnx_path: str | Path, out_path: str | Path, calib: np.ndarray) -> Path:
+    """Static INT8 in QDQ format, calibrated (MinMax) on ``calib`` images.
+
+    Activations uint8 (asymmetric), weights int8 per channel — the layout ONNX Runtime's
+    CPU provider fuses into QLinearConv.
+    """
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    prep = _preprocessed(onnx_path, out_path.parent)
+    input_name = onnx.load(str(prep), load_external_data=False).graph.input[0].name
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_static(
+            str(prep), str(out_path), _CalibrationReader(input_name, calib),
+            quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, per_channel=True,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
+    prep.unlink(missing_ok=True)
+    return out_path
+
+
+def ort_dynamic_int8(onnx_path: str | Path, out_path: str | Path) -> Path:
+    """Dynamic INT8 (the DQ-ResUNet paper's method): weights quantized offline, activations
+    quantized per batch at run time. Convolutions become ConvInteger (uint8 x uint8 on CPU)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    prep = _preprocessed(onnx_path, out_path.parent)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantize_dynamic(str(prep), str(out_path), weight_type=QuantType.QUInt8)
+    prep.unlink(missing_ok=True)
+    return out_path
+
+
+def openvino_int8(xml_path: str | Path, out_path: str | Path, calib: np.ndarray) -> Path:
+    """NNCF post-training INT8 quantization of an OpenVINO IR, calibrated on ``calib``."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml_path))
+    dataset = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
+    quantized = nncf.quantize(model, dataset, subset_size=len(calib), preset=nncf.QuantizationPreset.MIXED)
+    ov.save_model(quantized, str(out_path), compress_to_fp16=False)
+    return Path(out_path)

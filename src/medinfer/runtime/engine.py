@@ -1,0 +1,78 @@
+"""One Engine interface over backends (torch, onnxruntime, openvino).
+
+Every engine takes a float32 batch (N, C, *spatial) and returns float32 logits of
+the same batch size; :meth:`Engine.infer_many` keeps several requests in flight
+with the backend's own mechanism (OpenVINO ``AsyncInferQueue``, ONNX Runtime's
+thread-safe ``run`` from a pool of callers, torch inter-op futures).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medinfer.errors import BackendUnavailableError
+
+BACKENDS = ("torch", "onnxruntime", "openvino")
+PRECISIONS = ("fp32", "int8", "int8-dynamic")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Execution settings, explicit so benchmarks are reproducible.
+
+    Attributes:
+        threads: compute threads the backend may use (intra-op).
+        in_flight: concurrent requests for :meth:`Engine.infer_many`.
+        static_batch: fix the batch size at load (OpenVINO compiles a static graph: faster).
+    """
+
+    threads: int = 2
+    in_flight: int = 1
+    static_batch: int | None = None
+
+
+class Engine(abc.ABC):
+    """A loaded model ready to run. Subclasses register themselves in :data:`ENGINES`."""
+
+    backend: str = ""
+
+    def __init__(self, path: Path, precision: str, options: EngineOptions) -> None:
+        self.path = path
+        self.precision = precision
+        self.options = options
+
+    @abc.abstractmethod
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run one batch (N, C, *spatial) float32; returns logits (N, K, *spatial) float32."""
+
+    def infer_many(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Run many requests, up to ``options.in_flight`` at a time; results in input order."""
+        return [self.infer(b) for b in batches]
+
+    def close(self) -> None:
+        """Release backend resources."""
+
+
+EngineFactory = Callable[[Path, str, EngineOptions], Engine]
+ENGINES: dict[str, type[Engine]] = {}
+
+
+def register_engine(cls: type[Engine]) -> type[Engine]:
+    ENGINES[cls.backend] = cls
+    return cls
+
+
+def engine_class(backend: str) -> type[Engine]:
+    """The engine class for ``backend``; imports it lazily so unused backends cost nothing."""
+    if backend not in BACKENDS:
+        raise BackendUnavailableError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend not in ENGINES:
+        import importlib
+
+        importlib.import_module(f"medinfer.runtime.{backend}_engine")
+    return ENGINES[backend]
