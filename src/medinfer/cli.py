@@ -20,12 +20,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(stderr=True)
 
 
+def _wide() -> Console:
+    """Stdout console; tables keep their columns when output is not a terminal."""
+    out = Console()
+    return out if out.is_terminal else Console(width=200)
+
+
 @app.callback()
 def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
+    # Libraries (ONNX Runtime's quantizer logs through the root logger) stay at WARNING;
+    # medinfer's own messages at INFO, or DEBUG with --verbose.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s",
                         handlers=[RichHandler(console=console, show_path=False)], force=True)
-    for noisy in ("nncf", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("medinfer").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
 def _fail(exc: MedinferError) -> typer.Exit:
@@ -76,3 +83,172 @@ def train(
         raise _fail(exc) from exc
     m = result.artifact.spec.metrics
     console.print(f"best epoch {result.best_epoch}: val Dice {m['dice']:.4f} IoU {m['iou']:.4f} -> {out}")
+
+
+def _load_artifact(path: Path):
+    from medinfer.artifact import ModelArtifact
+
+    return ModelArtifact.load(path)
+
+
+BackendOpt = Annotated[Optional[str], typer.Option(help="torch | onnxruntime | openvino (default: the artifact's chosen variant).")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(help="fp32 | int8 | int8-dynamic.")]
+
+
+@app.command()
+def evaluate(
+    model: Annotated[Path, typer.Option(help="Model artifact folder.")],
+    data: Annotated[Path, typer.Option(help="Folder in the Kvasir layout (images/, masks/).")],
+    backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the JSON here.")] = None,
+    threads: int = 2,
+) -> None:
+    """Dice and IoU (threshold 0.5) of one variant over a folder, printed as JSON."""
+    from medinfer.apps.segmentation import evaluate as run
+    from medinfer.runtime import EngineOptions
+
+    try:
+        result = run(_load_artifact(model), data, backend, precision, EngineOptions(threads=threads))
+    except MedinferError as exc:
+        raise _fail(exc) from exc
+    _emit_json(result.as_dict(), json_out)
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files (PNG/JPEG/DICOM/NIfTI 2D).")],
+    model: Annotated[Path, typer.Option(help="Model artifact folder.")],
+    out: Annotated[Path, typer.Option(help="Output folder for masks and overlays.")],
+    backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
+    threads: int = 2,
+) -> None:
+    """Segment images; write <name>_mask.png and <name>_overlay.png for each."""
+    from medinfer.apps.segmentation import predict_files
+    from medinfer.runtime import EngineOptions
+
+    try:
+        written = predict_files(_load_artifact(model), inputs, out, backend, precision,
+                                EngineOptions(threads=threads))
+    except MedinferError as exc:
+        raise _fail(exc) from exc
+    console.print(f"wrote {len(written)} of {len(inputs)} masks and overlays to {out}")
+    if len(written) < len(inputs):
+        raise typer.Exit(code=1)
+
+
+@app.command()
+def optimize(
+    model: Annotated[Path, typer.Option(help="Model artifact folder (variants are written into it).")],
+    calib: Annotated[Path, typer.Option(help="Calibration images (training data, never validation).")],
+    val: Annotated[Path, typer.Option(help="Validation folder in the Kvasir layout.")],
+    max_drop: Annotated[float, typer.Option(help="Largest allowed Dice drop vs PyTorch FP32.")] = 0.005,
+    calib_limit: Optional[int] = None,
+    val_limit: Optional[int] = None,
+    threads: int = 2,
+) -> None:
+    """Build every variant, gate each on Dice, store them and choose the fastest that passes."""
+    from medinfer.optimize.pipeline import OptimizeConfig
+    from medinfer.optimize.pipeline import optimize as run
+    from medinfer.runtime import EngineOptions
+
+    cfg = OptimizeConfig(calib=calib, val=val, max_drop=max_drop, calib_limit=calib_limit,
+                         val_limit=val_limit, options=EngineOptions(threads=threads))
+    try:
+        art = _load_artifact(model)
+        with console.status("optimizing") as status:
+            records = run(art, cfg, step=lambda s: status.update(f"optimize: {s}"))
+    except MedinferError as exc:
+        raise _fail(exc) from exc
+    _print_variants(records, art.spec.chosen)
+
+
+def _print_variants(records, chosen: str | None) -> None:
+    from rich.table import Table
+
+    table = Table(title="variants (Dice gate vs torch-fp32)")
+    for c in ("variant", "Dice", "IoU", "gate", "batch-16 ms", "size MB"):
+        table.add_column(c)
+    for r in records:
+        gate = "pass" if r.passed else f"REJECT: {r.reason}"
+        table.add_row(r.name + (" ★" if r.name == chosen else ""), f"{r.metrics['dice']:.4f}",
+                      f"{r.metrics['iou']:.4f}", gate, f"{r.latency_ms:.1f}", f"{r.size_mb:.1f}")
+    _wide().print(table)
+    _wide().print(f"chosen: [bold]{chosen or 'none passed'}[/bold]")
+
+
+@app.command()
+def bench(
+    model: Annotated[Path, typer.Option(help="Optimized model artifact folder.")],
+    variants: Annotated[Optional[str], typer.Option(help="Comma-separated variant names.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the result JSON here.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option(help="Write the ladder table (Markdown) here.")] = None,
+    threads: int = 2,
+    in_flight: int = 4,
+    runs_batch: int = 10,
+    runs_single: int = 30,
+    requests: int = 64,
+) -> None:
+    """Measure variants side by side, each in its own process: latency, throughput, memory."""
+    from medinfer.report.tables import ladder_markdown, ladder_table
+    from medinfer.runtime.bench import DEFAULT_VARIANTS, run_bench
+    from medinfer.runtime.measure import MeasureSettings
+
+    names = tuple(variants.split(",")) if variants else DEFAULT_VARIANTS
+    settings = MeasureSettings(threads=threads, in_flight=in_flight, runs_batch=runs_batch,
+                               runs_single=runs_single, requests=requests)
+    command = "medinfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        with console.status("benchmarking") as status:
+            result = run_bench(_load_artifact(model), names, settings, command,
+                               on_variant=lambda n: status.update(f"bench: {n} (own process)"))
+    except MedinferError as exc:
+        raise _fail(exc) from exc
+    _wide().print(ladder_table(result))
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(result.to_json() + "\n")
+    if markdown:
+        markdown.write_text(ladder_markdown(result) + "\n")
+
+
+@app.command()
+def report(
+    model: Annotated[Path, typer.Option(help="Optimized model artifact folder.")],
+    bench_json: Annotated[Path, typer.Option("--bench", help="JSON written by `medinfer bench`.")],
+    val: Annotated[Path, typer.Option(help="Validation folder for the overlays.")],
+    out: Annotated[Path, typer.Option(help="HTML file to write.")] = Path("runs/report.html"),
+    overlays: int = 4,
+) -> None:
+    """Write the self-contained HTML report (tables, ladder chart, learning curve, overlays)."""
+    from medinfer.report.build import build_report
+    from medinfer.runtime.bench import BenchmarkResult
+
+    try:
+        result = BenchmarkResult.from_json(bench_json.read_text())
+        path = build_report(_load_artifact(model), result, val, out, overlays)
+    except (OSError, ValueError) as exc:
+        raise _fail(MedinferError(f"{bench_json}: {exc}")) from exc
+    except MedinferError as exc:
+        raise _fail(exc) from exc
+    console.print(f"report: {path}")
+
+
+@app.command()
+def demo(
+    model: Annotated[Path, typer.Option(help="Committed model artifact.")] = Path("models/polyp-resunet"),
+    data: Annotated[Path, typer.Option(help="Kvasir-SEG folder.")] = Path("../shared/data/kvasir-seg"),
+    work: Annotated[Path, typer.Option(help="Working folder for the demo's outputs.")] = Path("runs/demo"),
+    calib: int = 32,
+    val: int = 48,
+    threads: int = 2,
+) -> None:
+    """The main job: optimize -> verify Dice -> benchmark the ladder -> HTML report, in minutes."""
+    from medinfer.apps.demo import DemoConfig, run_demo
+
+    cfg = DemoConfig(model=model, data=data, work=work, n_calib=calib, n_val=val, threads=threads)
+    try:
+        run_demo(cfg, console)
+    except MedinferError as exc:
+        raise _fail(exc) from exc

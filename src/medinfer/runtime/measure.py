@@ -58,7 +58,18 @@ class VariantTiming:
 
 
 def _rss_peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    """This process's peak resident set, MiB.
+
+    Linux's ``ru_maxrss`` survives ``execve`` (a worker would inherit its parent's peak),
+    so the address space's own high-water mark ``VmHWM`` is read instead where available.
+    """
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _timed(fn, x: np.ndarray, warmup: int, runs: int) -> list[float]:

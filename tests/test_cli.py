@@ -1,0 +1,100 @@
+"""The `medinfer` command, in-process: the evaluate/predict contract, errors, and the demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+from typer.testing import CliRunner
+
+from medinfer.cli import app
+from medinfer.data.pairs import find_pairs, materialize_pairs
+from medinfer.data.spec import Preprocessing
+from medinfer.train import TrainConfig, train_segmentation
+
+KVASIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kvasir-seg"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """20 real Kvasir-SEG pairs laid out as a Kvasir folder."""
+    if not KVASIR.is_dir():
+        pytest.skip("shared Kvasir-SEG data not present")
+    pairs = sorted(find_pairs(KVASIR), key=lambda p: p.name)[:20]
+    return materialize_pairs(pairs, tmp_path_factory.mktemp("kvasir"))
+
+
+@pytest.fixture(scope="module")
+def tiny_artifact(tiny_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("art") / "tiny"
+    cfg = TrainConfig(data=tiny_data, out=out, architecture="test_resunet", epochs=2, batch_size=4,
+                      preprocessing=Preprocessing(size=(32, 32)))
+    train_segmentation(cfg, command="test")
+    return out
+
+
+def test_evaluate_prints_contract_json(tiny_artifact, tiny_data, tmp_path):
+    out = tmp_path / "eval.json"
+    res = runner.invoke(app, ["evaluate", "--model", str(tiny_artifact), "--data", str(tiny_data),
+                              "--backend", "torch", "--precision", "fp32", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(out.read_text())
+    assert set(payload) == {"dice", "iou", "n", "backend", "precision"}
+    assert payload["n"] == 20 and payload["backend"] == "torch" and payload["precision"] == "fp32"
+    assert 0.0 <= payload["iou"] <= payload["dice"] <= 1.0
+
+
+def test_predict_writes_mask_and_overlay_at_input_size(tiny_artifact, tiny_data, tmp_path):
+    image = sorted((tiny_data / "images").iterdir())[0]
+    res = runner.invoke(app, ["predict", str(image), "--model", str(tiny_artifact), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    mask = np.asarray(PILImage.open(tmp_path / f"{image.stem}_mask.png"))
+    assert mask.shape == PILImage.open(image).size[::-1]
+    assert set(np.unique(mask)) <= {0, 255}
+    assert (tmp_path / f"{image.stem}_overlay.png").is_file()
+
+
+def test_predict_keeps_good_outputs_when_one_input_is_bad(tiny_artifact, tiny_data, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png at all")
+    good = sorted((tiny_data / "images").iterdir())[0]
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["predict", str(bad), str(good), "--model", str(tiny_artifact), "--out", str(out)])
+    assert res.exit_code == 1
+    assert "broken.png" in res.output
+    assert (out / f"{good.stem}_mask.png").is_file()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["evaluate", "--model", "{missing}", "--data", "{data}"], "artifact.json is missing"),
+    (["evaluate", "--model", "{art}", "--data", "{empty}"], "missing folder"),
+    (["evaluate", "--model", "{art}", "--data", "{data}", "--backend", "openvino", "--precision", "int8"],
+     "medinfer optimize"),
+    (["evaluate", "--model", "{art}", "--data", "{data}", "--backend", "tensorflow"], "unknown backend"),
+])
+def test_bad_input_gives_one_clear_error(args, needle, tiny_artifact, tiny_data, tmp_path):
+    (tmp_path / "empty").mkdir()
+    subs = {"missing": str(tmp_path / "nope"), "data": str(tiny_data), "art": str(tiny_artifact),
+            "empty": str(tmp_path / "empty")}
+    res = runner.invoke(app, [a.format(**subs) for a in args])
+    assert res.exit_code == 2
+    assert needle in res.output
+    assert "Traceback" not in res.output
+
+
+def test_demo_end_to_end_on_tiny_model(tiny_artifact, tiny_data, tmp_path):
+    work = tmp_path / "demo"
+    res = runner.invoke(app, ["demo", "--model", str(tiny_artifact), "--data", str(tiny_data),
+                              "--work", str(work), "--calib", "8", "--val", "4"])
+    assert res.exit_code == 0, res.output
+    bench = json.loads((work / "bench.json").read_text())
+    names = [v["name"] for v in bench["variants"]]
+    assert names[0] == "torch-fp32" and "openvino-int8" in names and "onnxruntime-int8-dynamic" in names
+    assert all(v["batch_ms_median"] > 0 and v["peak_rss_mb"] > 0 for v in bench["variants"])
+    html = (work / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 1 + 4 * 4  # ladder chart + 4 overlays per case
+    assert "report:" in res.output
