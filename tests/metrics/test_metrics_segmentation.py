@@ -87,3 +87,9 @@ def test_non_contiguous_input_accepted() -> None:
 def test_shape_mismatch_raises(pshape: tuple[int, ...], tshape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         dice_iou_per_image(np.zeros(pshape, bool), np.zeros(tshape, bool))
+
+
+def test_empty_batch_gives_empty_scores() -> None:
+    empty = np.zeros((0, 4, 4), bool)
+    dice, iou = dice_iou_per_image(empty, empty)
+    assert dice.shape == (0,) and iou.shape == (0,)

@@ -123,9 +123,6 @@ def test_truncated_weights_raise_artifact_error(saved: ModelArtifact) -> None:
         saved.load_network()
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="src bug: ModelArtifact.load_network does not catch pickle.UnpicklingError, "
-                          "so a weights.pt holding non-torch bytes escapes as a library error")
 def test_garbage_weights_raise_artifact_error(saved: ModelArtifact) -> None:
     saved.weights_path.write_bytes(b"this is not a torch checkpoint")
     with pytest.raises(ArtifactError):

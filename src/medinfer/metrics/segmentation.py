@@ -21,6 +21,8 @@ def dice_iou_per_image(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray
     """
     if pred.shape != target.shape:
         raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+    if pred.shape[0] == 0:
+        return np.zeros(0), np.zeros(0)
     p = torch.from_numpy(np.ascontiguousarray(pred, dtype=np.float32))[:, None]
     t = torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32))[:, None]
     dice = compute_dice(p, t, include_background=True, ignore_empty=False)[:, 0]

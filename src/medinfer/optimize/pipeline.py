@@ -116,7 +116,7 @@ def apply_gate(records: list[VariantRecord], max_drop: float) -> str | None:
         r.passed = drop <= max_drop
         r.reason = "" if r.passed else f"Dice drop {drop:.4f} > max {max_drop:.4f}"
     passing = [r for r in records if r.passed and r.latency_ms is not None]
-    return min(passing, key=lambda r: r.latency_ms or float("inf")).name if passing else None
+    return min(passing, key=lambda r: r.latency_ms if r.latency_ms is not None else float("inf")).name if passing else None
 
 
 def optimize(art: ModelArtifact, cfg: OptimizeConfig,

@@ -37,8 +37,8 @@ def ladder_chart(bench: BenchmarkResult) -> str:
     import matplotlib.pyplot as plt
 
     names = [v["name"] for v in bench.variants]
-    colors = ["#9aa4b2" if v.get("passed") is None else "#2e7d32" if v["passed"] else "#c62828"
-              for v in bench.variants]
+    colors = ["#9aa4b2" if v["name"] == "torch-fp32" or v.get("passed") is None
+              else "#2e7d32" if v["passed"] else "#c62828" for v in bench.variants]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     series = [("batch_ms_median", f"batch-{bench.settings['batch']} latency, ms (lower is better)"),
               ("throughput_ips", "images/s with requests in flight (higher is better)"),

@@ -23,7 +23,7 @@ def ladder_rows(result: BenchmarkResult) -> list[list[str]]:
     rows = []
     for v in result.variants:
         m = v.get("metrics", {})
-        gate = {True: "pass", False: "REJECT", None: "ref"}[v.get("passed")]
+        gate = "ref" if v["name"] == "torch-fp32" else {True: "pass", False: "REJECT", None: "—"}[v.get("passed")]
         if v["name"] == result.chosen:
             gate += " ★"
         rows.append([
