@@ -15,6 +15,7 @@ optimizer's gate records) and prints the Markdown table pasted into BENCHMARKS.m
 from __future__ import annotations
 
 import argparse
+import base64
 import datetime as dt
 import json
 import sys
@@ -25,6 +26,7 @@ from rich.console import Console
 from medinfer.apps.demo import DemoConfig, prepare
 from medinfer.optimize.pipeline import OptimizeConfig, optimize
 from medinfer.report.build import build_report
+from medinfer.report.html import ladder_chart, learning_curve
 from medinfer.report.tables import ladder_markdown, ladder_table
 from medinfer.runtime import EngineOptions
 from medinfer.runtime.bench import DEFAULT_VARIANTS, run_bench
@@ -66,6 +68,10 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"polyp_ladder_{dt.date.today().isoformat()}.json"
     out.write_text(json.dumps(payload, indent=2) + "\n")
+    (args.results / "polyp_ladder.png").write_bytes(base64.b64decode(ladder_chart(result)))
+    curve = learning_curve(art)
+    if curve:
+        (args.results / "polyp_learning_curve.png").write_bytes(base64.b64decode(curve))
     print(ladder_markdown(result))
     console.print(f"results: {out}\nreport: {report}")
 

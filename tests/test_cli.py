@@ -15,7 +15,9 @@ from medinfer.data.pairs import find_pairs, materialize_pairs
 from medinfer.data.spec import Preprocessing
 from medinfer.train import TrainConfig, train_segmentation
 
-KVASIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "kvasir-seg"
+# CI clones the repository with shared/ beside it; a developer checkout sits in /work.
+_BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data"
+KVASIR = (_BESIDE if _BESIDE.is_dir() else Path("/work/shared/data")) / "kvasir-seg"
 runner = CliRunner()
 
 

@@ -22,7 +22,9 @@ from medinfer.data.preprocess import logits_to_mask, normalize, prepare_batch, t
 from medinfer.data.spec import Preprocessing
 from medinfer.errors import InputError
 
-KVASIR = Path("/work/shared/data/kvasir-seg")
+# CI clones the repository with shared/ beside it; a developer checkout sits in /work.
+_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "data"
+KVASIR = (_BESIDE if _BESIDE.is_dir() else Path("/work/shared/data")) / "kvasir-seg"
 PP32 = Preprocessing(size=(32, 32))
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SHARED = Path("/work/shared/data")
+# CI clones the repository with shared/ beside it; a developer checkout sits in /work.
+_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED = _BESIDE if _BESIDE.is_dir() else Path("/work/shared/data")
 
 
 @pytest.fixture
