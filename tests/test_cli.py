@@ -100,3 +100,36 @@ def test_demo_end_to_end_on_tiny_model(tiny_artifact, tiny_data, tmp_path):
     html = (work / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 1 + 4 * 4  # ladder chart + 4 overlays per case
     assert "report:" in res.output
+
+
+def test_optimize_bench_report_commands(tiny_artifact, tiny_data, tmp_path):
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art)
+    res = runner.invoke(app, ["optimize", "--model", str(art), "--calib", str(tiny_data),
+                              "--val", str(tiny_data), "--max-drop", "0.005", "--calib-limit", "4"])
+    assert res.exit_code == 0, res.output
+    spec = json.loads((art / "artifact.json").read_text())
+    assert spec["chosen"] in {v["name"] for v in spec["variants"] if v["passed"]}
+
+    bench_json, table = tmp_path / "bench.json", tmp_path / "ladder.md"
+    res = runner.invoke(app, ["bench", "--model", str(art), "--variants", "torch-fp32,openvino-int8",
+                              "--json", str(bench_json), "--markdown", str(table), "--runs-batch", "2",
+                              "--runs-single", "2", "--requests", "4"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(bench_json.read_text())["variants"]
+    assert [r["name"] for r in rows] == ["torch-fp32", "openvino-int8"]
+    assert "Convolution" in str(rows[1]["ops"]["int8"])
+    assert table.read_text().count("\n") == 4  # header, rule, two rows
+
+    html = tmp_path / "r.html"
+    res = runner.invoke(app, ["report", "--model", str(art), "--bench", str(bench_json),
+                              "--val", str(tiny_data), "--out", str(html), "--overlays", "2"])
+    assert res.exit_code == 0, res.output
+    assert "openvino-int8" in html.read_text()
+
+    # evaluate/predict now default to the chosen variant
+    res = runner.invoke(app, ["evaluate", "--model", str(art), "--data", str(tiny_data)])
+    chosen = next(v for v in spec["variants"] if v["name"] == spec["chosen"])
+    assert json.loads(res.stdout)["backend"] == chosen["backend"]
