@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--runs-batch", type=int, default=20)
     ap.add_argument("--runs-single", type=int, default=60)
     ap.add_argument("--requests", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians over rounds")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     args = ap.parse_args()
     console = Console(stderr=True, width=200)
@@ -59,7 +60,7 @@ def main() -> None:
                                runs_single=args.runs_single, requests=args.requests)
     with console.status("bench") as status:
         result = run_bench(art, DEFAULT_VARIANTS, settings, command,
-                           on_variant=lambda n: status.update(f"bench: {n}"))
+                           on_variant=lambda n: status.update(f"bench: {n}"), rounds=args.rounds)
     console.print(ladder_table(result))
     report = build_report(art, result, val_dir, args.work / "report.html", threads=args.threads)
     payload = json.loads(result.to_json())

@@ -189,6 +189,7 @@ def bench(
     runs_batch: int = 10,
     runs_single: int = 30,
     requests: int = 64,
+    rounds: Annotated[int, typer.Option(help="Interleaved rounds over all variants; medians over rounds.")] = 1,
 ) -> None:
     """Measure variants side by side, each in its own process: latency, throughput, memory."""
     from medinfer.report.tables import ladder_markdown, ladder_table
@@ -202,7 +203,8 @@ def bench(
     try:
         with console.status("benchmarking") as status:
             result = run_bench(_load_artifact(model), names, settings, command,
-                               on_variant=lambda n: status.update(f"bench: {n} (own process)"))
+                               on_variant=lambda n: status.update(f"bench: {n} (own process)"),
+                               rounds=rounds)
     except MedinferError as exc:
         raise _fail(exc) from exc
     _wide().print(ladder_table(result))

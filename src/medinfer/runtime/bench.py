@@ -72,26 +72,53 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _run_worker(art: ModelArtifact, name: str, s: MeasureSettings) -> dict[str, object]:
+def _run_worker(art: ModelArtifact, name: str, s: MeasureSettings,
+                timeout_s: float = 900.0) -> dict[str, object]:
     args = [sys.executable, "-m", "medinfer.runtime.measure", str(art.root), name]
     for key, value in asdict(s).items():
         args += ["--" + key.replace("_", "-"), str(value)]
-    proc = subprocess.run(args, capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, check=False, timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise MedinferError(f"benchmark of {name} did not finish within {timeout_s:.0f} s") from exc
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:]
         raise MedinferError(f"benchmark of {name} failed: {' | '.join(tail)}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+_AGGREGATED = ("batch_ms_median", "batch_ms_p95", "single_ms_median", "single_ms_p95",
+               "throughput_ips", "sequential_ips", "peak_rss_mb", "baseline_rss_mb", "load_s")
+
+
+def _merge_rounds(rounds: list[dict[str, object]]) -> dict[str, object]:
+    """One row from several rounds of the same variant: the median of each statistic.
+
+    The per-round figures are kept under ``"rounds"`` so the spread stays visible.
+    """
+    import statistics
+
+    row = dict(rounds[0])
+    for key in _AGGREGATED:
+        row[key] = statistics.median(float(r[key]) for r in rounds)  # type: ignore[arg-type]
+    row["rounds"] = [{k: r[k] for k in _AGGREGATED} for r in rounds]
+    row["samples_batch_ms"] = [x for r in rounds for x in r["samples_batch_ms"]]  # type: ignore[union-attr]
+    row["samples_single_ms"] = [x for r in rounds for x in r["samples_single_ms"]]  # type: ignore[union-attr]
+    return row
+
+
 def run_bench(art: ModelArtifact, variants: Sequence[str] = DEFAULT_VARIANTS,
               settings: MeasureSettings = MeasureSettings(), command: str = "",
-              on_variant: Callable[[str], None] = lambda name: None) -> BenchmarkResult:
-    """Measure ``variants`` of ``art`` one after another, each in a fresh process.
+              on_variant: Callable[[str], None] = lambda name: None, rounds: int = 1) -> BenchmarkResult:
+    """Measure ``variants`` of ``art``, each in a fresh process, ``rounds`` times interleaved.
 
-    Rows carry the timing, the variant's validation metrics and gate verdict from the
-    artifact, its size on disk and which operators stayed in floating point.
+    Interleaving (all variants, then all again) spreads slow drifts of a shared machine's
+    load over every variant instead of penalising whichever ran during the slow spell;
+    each statistic is then the median over rounds. Rows also carry the variant's
+    validation metrics and gate verdict from the artifact, its size on disk and which
+    operators stayed in floating point.
     """
-    from medinfer.optimize.pipeline import VARIANT_DIR, variant_files
+    from medinfer.optimize.pipeline import variant_files
 
     built = {v.name: v for v in art.spec.variants}
     missing = [n for n in variants if n != "torch-fp32" and n not in built]
@@ -99,11 +126,15 @@ def run_bench(art: ModelArtifact, variants: Sequence[str] = DEFAULT_VARIANTS,
         raise MedinferError(f"{art.root}: variants not built: {', '.join(missing)}; run `medinfer optimize`")
     result = BenchmarkResult(
         artifact=str(art.root), date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        command=command, machine=machine_info(), versions=versions(), settings=asdict(settings),
-        chosen=art.spec.chosen)
+        command=command, machine=machine_info(), versions=versions(),
+        settings={**asdict(settings), "rounds": rounds}, chosen=art.spec.chosen)
+    per_variant: dict[str, list[dict[str, object]]] = {n: [] for n in variants}
+    for r in range(rounds):
+        for name in variants:
+            on_variant(name if rounds == 1 else f"{name} (round {r + 1}/{rounds})")
+            per_variant[name].append(_run_worker(art, name, settings))
     for name in variants:
-        on_variant(name)
-        row = _run_worker(art, name, settings)
+        row = _merge_rounds(per_variant[name])
         rec = built.get(name)
         rel = rec.path if rec else ""
         row["size_mb"] = sum(f.stat().st_size for f in variant_files(art, rel)) / 2**20
@@ -111,5 +142,4 @@ def run_bench(art: ModelArtifact, variants: Sequence[str] = DEFAULT_VARIANTS,
         row["passed"] = rec.passed if rec else None
         row["ops"] = rec.ops if rec else {}
         result.variants.append(row)
-    del VARIANT_DIR
     return result

@@ -2,7 +2,7 @@
 
 Every engine takes a float32 batch (N, C, *spatial) and returns float32 logits of
 the same batch size; :meth:`Engine.infer_many` keeps several requests in flight
-with the backend's own mechanism (OpenVINO ``AsyncInferQueue``, ONNX Runtime's
+with the backend's own mechanism (OpenVINO async infer requests, ONNX Runtime's
 thread-safe ``run`` from a pool of callers, torch inter-op futures).
 """
 

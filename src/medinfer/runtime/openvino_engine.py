@@ -1,4 +1,4 @@
-"""OpenVINO engine: sync requests for latency, AsyncInferQueue for requests in flight."""
+"""OpenVINO engine: a sync request for latency, a pool of async requests for requests in flight."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ class OpenVINOEngine(Engine):
     """OpenVINO CPU plugin with explicit ``INFERENCE_NUM_THREADS``.
 
     ``in_flight == 1`` compiles with the LATENCY hint (one stream using every thread);
-    ``in_flight > 1`` compiles with ``NUM_STREAMS = in_flight`` and runs requests
-    through an ``AsyncInferQueue`` of that many jobs.
+    ``in_flight > 1`` compiles with ``NUM_STREAMS = in_flight`` and keeps that many
+    infer requests running asynchronously.
     """
 
     backend = "openvino"
@@ -43,26 +43,45 @@ class OpenVINOEngine(Engine):
             config["PERFORMANCE_HINT"] = "LATENCY"
         self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
-        self._queue = None
+        self._pool: list | None = None
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         self.request.infer({0: np.ascontiguousarray(batch, np.float32)})
         return self.request.get_output_tensor(0).data.copy()
 
     def infer_many(self, batches: Sequence[np.ndarray]) -> list[np.ndarray]:
-        if self.options.in_flight <= 1:
+        """Keep ``in_flight`` infer requests busy (OpenVINO's async API, one request per stream).
+
+        A fixed pool of requests is cycled with ``start_async``/``wait`` rather than an
+        ``AsyncInferQueue`` with a Python callback: the queue's destructor can deadlock
+        against a callback that needs the GIL (seen here with openvino 2026.4).
+        """
+        n = self.options.in_flight
+        if n <= 1:
             return [self.infer(b) for b in batches]
-        import openvino as ov
-
-        if self._queue is None:
-            self._queue = ov.AsyncInferQueue(self.compiled, self.options.in_flight)
+        if self._pool is None:
+            self._pool = [self.compiled.create_infer_request() for _ in range(n)]
         results: list[np.ndarray | None] = [None] * len(batches)
+        owner: list[int | None] = [None] * n  # which batch each request is running
 
-        def done(request, index: int) -> None:
-            results[index] = request.get_output_tensor(0).data.copy()
+        def collect(slot: int) -> None:
+            index = owner[slot]
+            if index is not None:
+                self._pool[slot].wait()
+                results[index] = self._pool[slot].get_output_tensor(0).data.copy()
+                owner[slot] = None
 
-        self._queue.set_callback(done)
         for i, b in enumerate(batches):
-            self._queue.start_async({0: np.ascontiguousarray(b, np.float32)}, userdata=i)
-        self._queue.wait_all()
+            slot = i % n
+            collect(slot)
+            self._pool[slot].start_async({0: np.ascontiguousarray(b, np.float32)})
+            owner[slot] = i
+        for slot in range(n):
+            collect(slot)
         return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        # Dropping the last references frees the compiled model's memory.
+        self._pool = None
+        self.request = None
+        self.compiled = None
