@@ -3,7 +3,7 @@
 Every engine takes a float32 batch (N, C, *spatial) and returns float32 logits of
 the same batch size; :meth:`Engine.infer_many` keeps several requests in flight
 with the backend's own mechanism (OpenVINO async infer requests, ONNX Runtime's
-thread-safe ``run`` from a pool of callers, torch inter-op futures).
+thread-safe ``run`` from a pool of callers; torch runs them one after another).
 """
 
 from __future__ import annotations
