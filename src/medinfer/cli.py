@@ -242,8 +242,8 @@ def demo(
     model: Annotated[Path, typer.Option(help="Committed model artifact.")] = Path("models/polyp-resunet"),
     data: Annotated[Path, typer.Option(help="Kvasir-SEG folder.")] = Path("../shared/data/kvasir-seg"),
     work: Annotated[Path, typer.Option(help="Working folder for the demo's outputs.")] = Path("runs/demo"),
-    calib: int = 32,
-    val: int = 48,
+    calib: Annotated[int, typer.Option(help="Calibration images from the training split.")] = 128,
+    val: Annotated[int, typer.Option(help="Validation images (the split has 160).")] = 160,
     threads: int = 2,
 ) -> None:
     """The main job: optimize -> verify Dice -> benchmark the ladder -> HTML report, in minutes."""

@@ -27,13 +27,17 @@ from medinfer.runtime.measure import MeasureSettings
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Demo inputs; subset sizes keep it to a few minutes on 2 cores."""
+    """Demo inputs; subset sizes keep it to a few minutes on 2 cores.
+
+    Fewer than ~100 calibration images made NNCF's INT8 lose more than 0.005 Dice on
+    this model (32 images: -0.006 on 48 validation images), so the defaults use 128.
+    """
 
     model: Path
     data: Path
     work: Path
-    n_calib: int = 32
-    n_val: int = 48
+    n_calib: int = 128
+    n_val: int = 160
     threads: int = 2
     max_drop: float = 0.005
 
@@ -88,7 +92,8 @@ def run_demo(cfg: DemoConfig, console: Console) -> Path:
         step("write HTML report")
         report = build_report(art, result, val_dir, cfg.work / "report.html", threads=cfg.threads)
         bar.update(task, completed=steps, description="done")
-    console.print(ladder_table(result), width=max(console.width, 200))
+    out = console if console.is_terminal else Console(stderr=True, width=200)
+    out.print(ladder_table(result))
     console.print(f"chosen variant: [bold]{art.spec.chosen or 'none passed the gate'}[/bold]")
     console.print(f"report: [bold]{report.resolve()}[/bold]")
     return report
