@@ -9,7 +9,7 @@ thread-safe ``run`` from a pool of callers; torch runs them one after another).
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +58,6 @@ class Engine(abc.ABC):
         """Release backend resources."""
 
 
-EngineFactory = Callable[[Path, str, EngineOptions], Engine]
 ENGINES: dict[str, type[Engine]] = {}
 
 
