@@ -133,3 +133,17 @@ def test_optimize_bench_report_commands(tiny_artifact, tiny_data, tmp_path):
     res = runner.invoke(app, ["evaluate", "--model", str(art), "--data", str(tiny_data)])
     chosen = next(v for v in spec["variants"] if v["name"] == spec["chosen"])
     assert json.loads(res.stdout)["backend"] == chosen["backend"]
+
+
+def test_report_reads_benchmark_script_results_and_rejects_other_json(tmp_path):
+    from medinfer.runtime.bench import BenchmarkResult
+
+    base = {"artifact": "a", "date": "d", "command": "c", "machine": {}, "versions": {}, "settings": {}}
+    parsed = BenchmarkResult.from_json(json.dumps({**base, "gate": [], "training": {}}))
+    assert parsed.artifact == "a" and parsed.variants == []
+    with pytest.raises(ValueError, match="missing"):
+        BenchmarkResult.from_json(json.dumps({"dice": 0.8}))
+    other = tmp_path / "x.json"
+    other.write_text('{"dice": 0.8}')
+    res = runner.invoke(app, ["report", "--model", str(tmp_path), "--bench", str(other), "--val", str(tmp_path)])
+    assert res.exit_code == 2 and "x.json" in res.output

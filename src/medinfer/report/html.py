@@ -112,7 +112,7 @@ def overlay_sets(raw: list[np.ndarray], names: list[str], truth: np.ndarray, fp3
         out.append(OverlaySet(
             name, _array_b64(rgb), _array_b64(overlay(im, truth[i], color=(0, 200, 0))),
             _array_b64(overlay(im, fp32[i], color=(30, 120, 255))),
-            _array_b64(overlay(im, int8[i], color=(255, 60, 60))), float(d32[i]), float(d8[i])))
+            _array_b64(overlay(im, int8[i], color=(255, 230, 0))), float(d32[i]), float(d8[i])))
     return out
 
 

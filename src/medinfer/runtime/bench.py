@@ -43,7 +43,17 @@ class BenchmarkResult:
 
     @classmethod
     def from_json(cls, text: str) -> BenchmarkResult:
-        return cls(**json.loads(text))
+        """Parse a result; extra keys (a benchmark script's own additions) are ignored.
+
+        Raises:
+            ValueError: not JSON, or a required key is missing.
+        """
+        data = json.loads(text)
+        names = set(cls.__dataclass_fields__)
+        missing = {"artifact", "date", "command", "machine", "versions", "settings"} - set(data)
+        if missing:
+            raise ValueError(f"not a medinfer benchmark result (missing {', '.join(sorted(missing))})")
+        return cls(**{k: v for k, v in data.items() if k in names})
 
 
 def machine_info() -> dict[str, object]:
