@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medinfer.data.preprocess import Preprocessing, normalize, resize_image, resize_mask, to_channels
+from medinfer.data.preprocess import Preprocessing, prepare_image, resize_mask
 from medinfer.errors import InputError
 from medinfer.io import list_images, read_image, read_mask
 
@@ -89,7 +89,7 @@ def load_pairs(pairs: list[Pair], spec: Preprocessing, progress: object | None =
     images, masks = [], []
     for pair in pairs:
         im = read_image(pair.image)
-        images.append(normalize(resize_image(to_channels(im.array, spec.channels), spec.size), spec))
+        images.append(prepare_image(im.array, spec))
         masks.append(resize_mask(read_mask(pair.mask, threshold=spec.mask_threshold), spec.size))
         if callable(progress):
             progress(1)
@@ -121,5 +121,5 @@ def load_calibration_images(root: str | Path, spec: Preprocessing, limit: int | 
     root = Path(root)
     folder = root / "images" if (root / "images").is_dir() else root
     files = list_images(folder, IMAGE_SUFFIXES)[:limit] if limit else list_images(folder, IMAGE_SUFFIXES)
-    return np.stack([normalize(resize_image(to_channels(read_image(f).array, spec.channels), spec.size), spec)
+    return np.stack([prepare_image(read_image(f).array, spec)
                      for f in files])

@@ -43,9 +43,14 @@ def to_channels(array: np.ndarray, channels: int) -> np.ndarray:
     return array[:channels]
 
 
+def prepare_image(image: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """One raw (C, H, W) image of any size -> network input (spec.channels, *spec.size) float32."""
+    return normalize(resize_image(to_channels(image, spec.channels), spec.size), spec)
+
+
 def prepare_batch(images: list[np.ndarray], spec: Preprocessing) -> np.ndarray:
     """Raw (C, H, W) images of any size -> network batch (N, C, *spec.size) float32."""
-    out = [normalize(resize_image(to_channels(im, spec.channels), spec.size), spec) for im in images]
+    out = [prepare_image(im, spec) for im in images]
     return np.stack(out) if out else np.zeros((0, spec.channels, *spec.size), np.float32)
 
 

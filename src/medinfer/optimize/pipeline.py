@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from medinfer.artifact import ModelArtifact, VariantRecord
 from medinfer.data.pairs import PairArrays, find_pairs, load_calibration_images, load_pairs
 from medinfer.optimize import export, inspect, quantize
 from medinfer.runtime import EngineOptions, open_engine
+from medinfer.runtime.measure import timed_runs
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +77,6 @@ def variant_files(art: ModelArtifact, rel: str) -> list[Path]:
     return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
 
 
-def _median_latency_ms(engine, batch: np.ndarray, runs: int) -> float:
-    engine.infer(batch)  # warm-up: first call allocates and compiles kernels
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        engine.infer(batch)
-        times.append((time.perf_counter() - t) * 1000)
-    return float(np.median(times))
-
-
 def check_variant(art: ModelArtifact, name: str, val: PairArrays, cfg: OptimizeConfig) -> VariantRecord:
     """Evaluate one variant's Dice/IoU and its quick batch-16 latency."""
     backend, precision, fname = VARIANTS[name]
@@ -96,7 +86,7 @@ def check_variant(art: ModelArtifact, name: str, val: PairArrays, cfg: OptimizeC
     try:
         result, _ = score_engine(engine, val)
         batch = val.images[np.arange(16) % len(val)]
-        rec.latency_ms = _median_latency_ms(engine, batch, cfg.latency_runs)
+        rec.latency_ms = float(np.median(timed_runs(engine.infer, batch, 1, cfg.latency_runs)))
     finally:
         engine.close()
     rec.metrics = {"dice": result.dice, "iou": result.iou, "n": float(result.n)}
@@ -141,7 +131,6 @@ def optimize(art: ModelArtifact, cfg: OptimizeConfig,
     for r in records:
         art.upsert_variant(r)
     art.spec.chosen = chosen
-    art.spec.training.setdefault("optimize", {})
     art.spec.training["optimize"] = {"calib": str(cfg.calib), "val": str(cfg.val), "n_calib": len(calib),
                                      "n_val": len(val), "max_drop": cfg.max_drop}
     art.save()

@@ -11,7 +11,8 @@ from medinfer.artifact import ModelArtifact
 from medinfer.data.pairs import find_pairs, load_pairs
 from medinfer.data.spec import Preprocessing
 from medinfer.report.html import overlay_sets, render_report
-from medinfer.runtime import EngineOptions, open_engine, resolve_variant
+from medinfer.runtime import EngineOptions, open_engine
+from medinfer.runtime.loader import variant_by_name
 from medinfer.runtime.bench import BenchmarkResult
 
 
@@ -40,8 +41,7 @@ def build_report(art: ModelArtifact, bench: BenchmarkResult, val_dir: str | Path
     masks = {}
     int8_name = pick_int8(art)
     for name in ("torch-fp32", int8_name):
-        backend, _, precision = name.partition("-")
-        engine = open_engine(art, resolve_variant(art, backend, precision), EngineOptions(threads=threads))
+        engine = open_engine(art, variant_by_name(art, name), EngineOptions(threads=threads))
         masks[name] = predict_arrays(engine, data.images)
         engine.close()
     raw = list(denormalize(data.images, art.spec.preprocessing))

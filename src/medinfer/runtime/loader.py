@@ -39,6 +39,11 @@ def resolve_variant(art: ModelArtifact, backend: str | None, precision: str | No
         f"{art.root}: variant {name} is not built (built: {built}); run `medinfer optimize` first")
 
 
+def variant_by_name(art: ModelArtifact, name: str) -> VariantRecord:
+    """A built variant by name; ``torch-fp32`` (the artifact's own weights) is always there."""
+    return resolve_variant(art, "torch", "fp32") if name == "torch-fp32" else art.variant(name)
+
+
 def open_engine(art: ModelArtifact, variant: VariantRecord, options: EngineOptions) -> Engine:
     """Load ``variant`` of ``art`` into its backend's engine."""
     cls = engine_class(variant.backend)

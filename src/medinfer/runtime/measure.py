@@ -17,7 +17,7 @@ import numpy as np
 
 from medinfer.artifact import ModelArtifact
 from medinfer.runtime.engine import EngineOptions
-from medinfer.runtime.loader import open_engine
+from medinfer.runtime.loader import open_engine, variant_by_name
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,8 @@ def _rss_peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _timed(fn, x: np.ndarray, warmup: int, runs: int) -> list[float]:
+def timed_runs(fn, x: np.ndarray, warmup: int, runs: int) -> list[float]:
+    """Milliseconds of ``runs`` calls ``fn(x)`` after ``warmup`` untimed ones."""
     for _ in range(warmup):
         fn(x)
     out = []
@@ -100,9 +101,7 @@ def measure_variant(art: ModelArtifact, name: str, s: MeasureSettings) -> Varian
     Peak RSS is read after the latency phases and before the throughput phase, which
     opens a multi-stream engine.
     """
-    from medinfer.runtime.loader import resolve_variant
-
-    variant = art.variant(name) if name != "torch-fp32" else resolve_variant(art, "torch", "fp32")
+    variant = variant_by_name(art, name)
     rng = np.random.default_rng(s.seed)
     shape = (art.spec.input.channels, *art.spec.input.spatial)
     batch = rng.standard_normal((s.batch, *shape), dtype=np.float32)
@@ -113,10 +112,10 @@ def measure_variant(art: ModelArtifact, name: str, s: MeasureSettings) -> Varian
     t0 = time.perf_counter()
     engine = open_engine(art, variant, EngineOptions(threads=s.threads, static_batch=s.batch))
     load_s = time.perf_counter() - t0
-    b = _timed(engine.infer, batch, s.warmup, s.runs_batch)
+    b = timed_runs(engine.infer, batch, s.warmup, s.runs_batch)
     engine.close()
     engine = open_engine(art, variant, EngineOptions(threads=s.threads, static_batch=1))
-    one = _timed(engine.infer, single, s.warmup, s.runs_single)
+    one = timed_runs(engine.infer, single, s.warmup, s.runs_single)
     engine.close()
     peak = _rss_peak_mb()
     in_flight_ips = _throughput(art, variant, s, single)

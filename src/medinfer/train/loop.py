@@ -13,11 +13,13 @@ from monai.losses import DiceCELoss, DiceLoss
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from medinfer.data.augment import augment_batch, paper_augmentation
+from medinfer.apps.segmentation import predict_arrays
 from medinfer.data.pairs import PairArrays, find_pairs, load_pairs, split_pairs
-from medinfer.data.preprocess import logits_to_mask
 from medinfer.metrics import dice_iou_per_image, summarize
 from medinfer.artifact import ArtifactSpec, InputSpec, ModelArtifact
 from medinfer.models.registry import create_model, get_entry
+from medinfer.runtime import EngineOptions
+from medinfer.runtime.torch_engine import TorchEngine
 from medinfer.train.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -46,13 +48,9 @@ def _progress() -> Progress:
 
 
 def predict_masks(net: torch.nn.Module, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Eval-mode masks (N, H, W) bool for normalized images (N, C, H, W)."""
-    net.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(images), batch_size):
-            out.append(logits_to_mask(net(torch.from_numpy(images[i:i + batch_size]))))
-    return np.concatenate(out)
+    """Eval-mode masks (N, H, W) bool for normalized images (N, C, H, W), through the torch Engine."""
+    engine = TorchEngine(net, "fp32", EngineOptions(threads=torch.get_num_threads()))
+    return predict_arrays(engine, images, batch_size)
 
 
 def _make_loss(name: str) -> torch.nn.Module:
