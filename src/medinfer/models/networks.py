@@ -58,3 +58,34 @@ def unet2d(
 def test_resunet(**kwargs: object) -> torch.nn.Module:
     """Tiny ResUNet for tests (input sides divisible by 4)."""
     return resunet(**kwargs)  # type: ignore[arg-type]
+
+
+@register_model(
+    "unet3d", task="segmentation", spatial_dims=3,
+    channels=(16, 32, 64, 128), strides=(2, 2, 2), num_res_units=2, norm="batch",
+)
+def unet3d(
+    *, in_channels: int, out_channels: int, channels: Sequence[int], strides: Sequence[int],
+    num_res_units: int, norm: str = "batch", dropout: float = 0.0,
+) -> torch.nn.Module:
+    """3D U-Net with residual units (MONAI ``UNet``, ``spatial_dims=3``).
+
+    ``norm="batch"`` (default) folds into the convolutions for INT8 inference;
+    ``norm="instance"`` is MONAI's own default and needs whole-volume statistics, which
+    :mod:`medinfer.partition` keeps exact. Input (N, C, X, Y, Z) with sides divisible by
+    the product of ``strides``; output (N, out_channels, X, Y, Z) logits.
+    """
+    return UNet(
+        spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
+        channels=tuple(channels), strides=tuple(strides), num_res_units=num_res_units,
+        norm=norm, dropout=dropout,
+    )
+
+
+@register_model(
+    "test_unet3d", task="segmentation", spatial_dims=3,
+    channels=(4, 8, 16), strides=(2, 2), num_res_units=1, norm="batch",
+)
+def test_unet3d(**kwargs: object) -> torch.nn.Module:
+    """Tiny 3D U-Net for tests (input sides divisible by 4)."""
+    return unet3d(**kwargs)  # type: ignore[arg-type]
