@@ -23,12 +23,20 @@ hooks; three things in MONAI's DenseNet need care, all done on a copy of the net
   of 0.27; through :class:`Concat` it sums to the logit (delta ~3e-8).
 
 Batch norms keep Captum's default ``EpsilonRule``; convolutions, pools and the linear
-head too (LRP-epsilon throughout).
+head too (LRP-epsilon throughout). Relevance is conserved exactly only while the batch
+norms have no effective bias: on a trained network each one's ``beta - mean * gamma / std``
+absorbs or injects relevance, so the maps are relative evidence, and each map's
+convergence delta (logit minus summed relevance) is reported with it. Captum's
+``IdentityRule`` for batch norm cannot stand in: a dense layer's ``norm1`` shares its input
+with the concatenation, and an IdentityRule input hook replaces the whole gradient of that
+shared tensor, dropping the concatenation's share (routed through a separate copy module
+instead, it returned NaN maps on the trained DenseNet-121).
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,6 +46,7 @@ from torch import nn
 
 from medinfer.errors import MedinferError
 
+log = logging.getLogger(__name__)
 GRADCAM = "Grad-CAM (captum LayerGradCam on the last feature block, bilinear upsampling)"
 LRP_METHOD = "LRP-epsilon (captum LRP; EpsilonRule on every layer, concatenations as modules)"
 
@@ -162,4 +171,7 @@ class Explainer:
             return []
         rel, delta = self.lrp(t, targets)
         cams = self.gradcam(t, targets)
+        if not (np.isfinite(rel).all() and np.isfinite(cams).all()):
+            log.warning("non-finite attributions for targets %s (LRP-epsilon divides by activations "
+                        "close to zero)", list(targets))
         return [HeatMaps(cams[i], rel[i], float(delta[i])) for i in range(len(targets))]
