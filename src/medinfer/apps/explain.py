@@ -91,6 +91,11 @@ def select_findings(probs: np.ndarray, thresholds: Sequence[float], top: int) ->
     return [int(k) for k in order if k in chosen]
 
 
+def _require_classifier(art: ModelArtifact) -> None:
+    if art.spec.task != "classification":
+        raise MedinferError(f"{art.root}: explanations need a classification model, not {art.spec.task!r}")
+
+
 class ClassifierExplainer:
     """An artifact's network with its explainer and training feature index, for many images.
 
@@ -102,9 +107,7 @@ class ClassifierExplainer:
     """
 
     def __init__(self, art: ModelArtifact, net: torch.nn.Module, index: FeatureIndex | None) -> None:
-        if art.spec.task != "classification":
-            raise MedinferError(f"{art.root}: explanations need a classification model, "
-                                f"not {art.spec.task!r}")
+        _require_classifier(art)
         self.artifact, self.net, self.index = art, net.eval(), index
         self.explainer = Explainer(net)
         self.classes = art.spec.classes or [f"class_{k}" for k in range(art.spec.out_channels)]
@@ -114,9 +117,7 @@ class ClassifierExplainer:
     def open(cls, art: ModelArtifact, train_data: str | Path | None = None,
              cache: Path | None = None, neighbours: bool = True) -> ClassifierExplainer:
         """Load the network and, when ``neighbours``, the training features (see :func:`build_index`)."""
-        if art.spec.task != "classification":
-            raise MedinferError(f"{art.root}: explanations need a classification model, "
-                                f"not {art.spec.task!r}")
+        _require_classifier(art)
         net = art.load_network()
         index = build_index(art, net, train_data, cache) if neighbours else None
         return cls(art, net, index)
