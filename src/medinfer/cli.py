@@ -299,6 +299,7 @@ def explain(
     train_data: Annotated[Optional[Path], typer.Option(help="Training images (labeled folder) if the artifact's recorded ones are not readable.")] = None,
     false_positives: Annotated[Optional[Path], typer.Option(help="Labeled folder: also write OUT/false_positives.html for its most confident false positives.")] = None,
     fp_count: Annotated[int, typer.Option(help="False positives shown.")] = 4,
+    gradcam_layer: Annotated[str, typer.Option(help="Network submodule Grad-CAM explains (e.g. features.transition3).")] = "features",
     threads: int = 2,
 ) -> None:
     """Grad-CAM and LRP heat-maps per finding, and the nearest training images (Euclidean, cosine, Mahalanobis)."""
@@ -313,16 +314,18 @@ def explain(
     try:
         art = _load_artifact(model)
         if inputs:
-            run = explain_files(art, inputs, out, top, k, train_data)
+            run = explain_files(art, inputs, out, top, k, train_data, gradcam_layer)
             console.print(f"explained {len(run.written)} of {len(inputs)} inputs into {out}"
                           + (f" ({len(run.kept)} kept from before)" if run.kept else ""))
         if false_positives is not None:
-            page = false_positive_report(art, false_positives, out / "false_positives.html", fp_count, k, train_data)
+            page = false_positive_report(art, false_positives, out / "false_positives.html", fp_count, k,
+                                         train_data, gradcam_layer)
             console.print(f"false positives: {page}")
     except MedinferError as exc:
         raise _fail(exc) from exc
     if inputs and run.errors:
         raise typer.Exit(code=1)
+
 
 @app.command()
 def demo(

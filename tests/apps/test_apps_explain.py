@@ -93,6 +93,18 @@ def test_heatmaps_have_the_input_shape_are_finite_and_differ_per_finding(net, x)
     assert not np.allclose(maps[0].gradcam, maps[1].gradcam)
 
 
+def test_gradcam_layer_is_chosen_by_name(net, x):
+    from medinfer.errors import MedinferError
+
+    early = Explainer(net, "features.transition1")
+    m = early.heatmaps(x, [0])[0]
+    assert m.gradcam.shape == (32, 32) and np.isfinite(m.gradcam).all()
+    assert not np.allclose(m.gradcam, Explainer(net).heatmaps(x, [0])[0].gradcam)
+    assert "features.transition1" in early.methods["gradcam"]
+    with pytest.raises(MedinferError, match="no_such_block"):
+        Explainer(net, "features.no_such_block")
+
+
 def test_batched_targets_equal_one_at_a_time(net, x):
     ex = Explainer(net)
     both = ex.heatmaps(x, [2, 0])
@@ -181,6 +193,7 @@ def test_cli_writes_overlays_and_json_and_keeps_earlier_results(tiny_classifier,
         ns = payload["neighbours"][kind]
         assert len(ns) == 3 and [n["distance"] for n in ns] == sorted(n["distance"] for n in ns)
         assert {n["name"] for n in ns} <= train_names
+    assert "features" in payload["methods"]["gradcam"] and "LRP" in payload["methods"]["lrp"]
     stamp = (tmp_path / "00000014_000.json").stat().st_mtime_ns
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "kept" in again.output

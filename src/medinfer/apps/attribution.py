@@ -47,7 +47,7 @@ from torch import nn
 from medinfer.errors import MedinferError
 
 log = logging.getLogger(__name__)
-GRADCAM = "Grad-CAM (captum LayerGradCam on the last feature block, bilinear upsampling)"
+GRADCAM = "Grad-CAM (captum LayerGradCam on {layer}, bilinear upsampling)"
 LRP_METHOD = "LRP-epsilon (captum LRP; EpsilonRule on every layer, concatenations as modules)"
 
 
@@ -113,12 +113,17 @@ def attach_rules(net: nn.Module) -> None:
             m.rule = EpsilonRule()
 
 
-def gradcam_layer(net: nn.Module) -> nn.Module:
-    """The module whose output Grad-CAM explains: a DenseNet's ``features`` (ends in ``norm5``)."""
-    layer = getattr(net, "features", None)
-    if not isinstance(layer, nn.Module):
-        raise MedinferError(f"{type(net).__name__} has no 'features' block to run Grad-CAM on")
-    return layer
+def gradcam_layer(net: nn.Module, name: str = "features") -> nn.Module:
+    """The submodule whose output Grad-CAM explains.
+
+    The default, a DenseNet's ``features``, ends in ``norm5``: the last feature maps (4x4
+    for a 128x128 input, 2x2 for 64x64). An earlier block, e.g. ``features.transition3``
+    (twice the resolution), trades class specificity for detail.
+    """
+    try:
+        return net.get_submodule(name)
+    except AttributeError as exc:
+        raise MedinferError(f"{type(net).__name__} has no submodule {name!r} to run Grad-CAM on") from exc
 
 
 class Explainer:
@@ -131,12 +136,13 @@ class Explainer:
         maps[0].gradcam.shape == (H, W)
     """
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, layer: str = "features") -> None:
         from captum.attr import LRP, LayerGradCam
 
         self.net = copy.deepcopy(net).eval()
         _out_of_place(self.net)
-        self._gradcam = LayerGradCam(self.net, gradcam_layer(self.net))
+        self._gradcam = LayerGradCam(self.net, gradcam_layer(self.net, layer))
+        self.methods = {"gradcam": GRADCAM.format(layer=layer), "lrp": LRP_METHOD}
         self._lrp_net = lrp_ready(net)
         attach_rules(self._lrp_net)
         self._lrp = LRP(self._lrp_net)

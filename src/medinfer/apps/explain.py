@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medinfer.apps.attribution import GRADCAM, LRP_METHOD, Explainer, HeatMaps
+from medinfer.apps.attribution import Explainer, HeatMaps
 from medinfer.apps.neighbours import FeatureIndex, Neighbour, build_index, penultimate_features
 from medinfer.artifact import ModelArtifact
 from medinfer.errors import InputError, MedinferError
@@ -54,6 +54,7 @@ class ImageExplanation:
         probabilities / thresholds: per class.
         findings: the explained findings, most probable first.
         neighbours: distance kind -> nearest training images, nearest first.
+        methods: how the heat-maps were made (``gradcam``, ``lrp``).
     """
 
     name: str
@@ -61,6 +62,7 @@ class ImageExplanation:
     thresholds: dict[str, float]
     findings: list[FindingExplanation]
     neighbours: dict[str, list[Neighbour]] = field(default_factory=dict)
+    methods: dict[str, str] = field(default_factory=dict)
 
     def summary(self, overlays: dict[str, str] | None = None, source: str = "") -> dict[str, object]:
         """JSON-ready dict (no arrays); ``overlays`` maps a finding to its PNG's file name."""
@@ -70,7 +72,7 @@ class ImageExplanation:
             "probabilities": self.probabilities,
             "thresholds": self.thresholds,
             "positive": [c for c, p in self.probabilities.items() if p >= self.thresholds[c]],
-            "methods": {"gradcam": GRADCAM, "lrp": LRP_METHOD},
+            "methods": self.methods,
             "explained": [{"finding": f.finding, "probability": f.probability,
                            "threshold": f.threshold, "positive": f.positive,
                            "lrp_convergence_delta": f.maps.lrp_delta,
@@ -106,21 +108,22 @@ class ClassifierExplainer:
         e.findings[0].maps.gradcam.shape == (128, 128)
     """
 
-    def __init__(self, art: ModelArtifact, net: torch.nn.Module, index: FeatureIndex | None) -> None:
+    def __init__(self, art: ModelArtifact, net: torch.nn.Module, index: FeatureIndex | None,
+                 gradcam_layer: str = "features") -> None:
         _require_classifier(art)
         self.artifact, self.net, self.index = art, net.eval(), index
-        self.explainer = Explainer(net)
+        self.explainer = Explainer(net, gradcam_layer)
         self.classes = art.spec.classes or [f"class_{k}" for k in range(art.spec.out_channels)]
         self.thresholds = [float(art.spec.thresholds.get(c, 0.5)) for c in self.classes]
 
     @classmethod
-    def open(cls, art: ModelArtifact, train_data: str | Path | None = None,
-             cache: Path | None = None, neighbours: bool = True) -> ClassifierExplainer:
+    def open(cls, art: ModelArtifact, train_data: str | Path | None = None, cache: Path | None = None,
+             neighbours: bool = True, gradcam_layer: str = "features") -> ClassifierExplainer:
         """Load the network and, when ``neighbours``, the training features (see :func:`build_index`)."""
         _require_classifier(art)
         net = art.load_network()
         index = build_index(art, net, train_data, cache) if neighbours else None
-        return cls(art, net, index)
+        return cls(art, net, index, gradcam_layer)
 
     def explain_input(self, x: np.ndarray, name: str, top: int = 3, k: int = 5,
                       findings: Sequence[str] | None = None) -> ImageExplanation:
@@ -144,7 +147,8 @@ class ClassifierExplainer:
         if self.index is not None:
             neighbours = self.index.query(penultimate_features(self.net, x)[0], k)
         return ImageExplanation(name, {c: float(p) for c, p in zip(self.classes, probs)},
-                                dict(zip(self.classes, self.thresholds)), explained, neighbours)
+                                dict(zip(self.classes, self.thresholds)), explained, neighbours,
+                                dict(self.explainer.methods))
 
 
 def _safe(name: str) -> str:
@@ -181,7 +185,8 @@ class ExplainRun:
 
 
 def explain_files(art: ModelArtifact, inputs: Sequence[str | Path], out_dir: str | Path, top: int = 3,
-                  k: int = 5, train_data: str | Path | None = None) -> ExplainRun:
+                  k: int = 5, train_data: str | Path | None = None,
+                  gradcam_layer: str = "features") -> ExplainRun:
     """Explain image files into ``out_dir`` (see the module docstring).
 
     An unreadable or non-2D input is logged and skipped; the others are still explained.
@@ -211,7 +216,7 @@ def explain_files(art: ModelArtifact, inputs: Sequence[str | Path], out_dir: str
             continue
         todo.append((path, stem, image))
     if todo:
-        ex = ClassifierExplainer.open(art, train_data, cache=out_dir / INDEX_CACHE)
+        ex = ClassifierExplainer.open(art, train_data, out_dir / INDEX_CACHE, gradcam_layer=gradcam_layer)
         source = ex.index.source if ex.index else ""
         with _progress() as bar:
             task = bar.add_task("explaining", total=len(todo), status="")

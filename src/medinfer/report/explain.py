@@ -15,7 +15,6 @@ from pathlib import Path
 
 import jinja2
 
-from medinfer.apps.attribution import GRADCAM, LRP_METHOD
 from medinfer.apps.explain import INDEX_CACHE, ClassifierExplainer, FalsePositive, find_false_positives
 from medinfer.apps.neighbours import training_records
 from medinfer.artifact import ModelArtifact
@@ -83,7 +82,8 @@ def _env() -> jinja2.Environment:
 
 
 def false_positive_section(art: ModelArtifact, data_dir: str | Path, n: int = 4, k: int = 5,
-                           train_data: str | Path | None = None, cache: Path | None = None) -> str:
+                           train_data: str | Path | None = None, cache: Path | None = None,
+                           gradcam_layer: str = "features") -> str:
     """HTML fragment: the ``n`` most confident false positives of ``data_dir``, explained.
 
     Args:
@@ -93,23 +93,25 @@ def false_positive_section(art: ModelArtifact, data_dir: str | Path, n: int = 4,
         n: false positives shown; k: neighbours per distance.
         train_data: training folder when the artifact's recorded one is not readable.
         cache: ``.npz`` file to cache the training features in.
+        gradcam_layer: the network submodule Grad-CAM explains.
     """
-    ex = ClassifierExplainer.open(art, train_data, cache)
+    ex = ClassifierExplainer.open(art, train_data, cache, gradcam_layer=gradcam_layer)
     cases = find_false_positives(art, data_dir, n, net=ex.net)
     records, source = training_records(art, train_data)
     shown = explain_cases(ex, cases, k, {r.name: r.path for r in records})
     return _env().get_template("explain_section.html").render(
         cases=shown, k=k, source=f"{data_dir} (without the training patients)",
-        methods={"gradcam": GRADCAM, "lrp": LRP_METHOD}, training_set=source,
+        methods=ex.explainer.methods, training_set=source,
         shrinkage=ex.index.shrinkage if ex.index else float("nan"))
 
 
 def false_positive_report(art: ModelArtifact, data_dir: str | Path, out: str | Path, n: int = 4,
-                          k: int = 5, train_data: str | Path | None = None) -> Path:
+                          k: int = 5, train_data: str | Path | None = None,
+                          gradcam_layer: str = "features") -> Path:
     """Write a self-contained HTML page of :func:`false_positive_section` to ``out``."""
     out = Path(out)
-    section = false_positive_section(art, data_dir, n, k, train_data,
-                                     cache=out.parent / INDEX_CACHE)
+    section = false_positive_section(art, data_dir, n, k, train_data, out.parent / INDEX_CACHE,
+                                     gradcam_layer)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(_env().get_template("explain.html").render(title=art.root.name, section=section))
     return out
