@@ -221,7 +221,7 @@ def test_false_positives_are_false_and_reported(tiny_classifier, labeled_dir, tm
     for c in cases:
         r = truth[c.path.name]
         assert c.finding not in r.findings and c.probability >= c.threshold
-        assert r.patient not in TRAIN_PATIENTS
+        assert r.patient in {"6", "7", "8"}  # the recorded test patients of the training folder
     page = false_positive_report(tiny_classifier, labeled_dir, tmp_path / "fp.html", n=2, k=2)
     html = page.read_text()
     assert html.count("data:image/png;base64,") >= 2 * (1 + 3 * 2)

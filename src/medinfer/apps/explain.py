@@ -246,19 +246,28 @@ def find_false_positives(art: ModelArtifact, data_dir: str | Path, n: int = 4,
                          net: torch.nn.Module | None = None) -> list[FalsePositive]:
     """The ``n`` most confident false positives in a labeled folder, one per image.
 
-    Images of the artifact's training patients (when its split is recorded) are left out:
-    they are not evaluation data, and they would be their own nearest neighbours.
+    When ``data_dir`` is the folder the artifact was trained on, only its recorded test
+    patients are searched; in any other folder, images of the artifact's training patients
+    are left out (they would be their own nearest neighbours).
     """
+    from medinfer.apps.neighbours import recorded_data
     from medinfer.data.labels import load_labeled, read_labels
     from medinfer.train.classify import predict_probs
     from medinfer.train.loop import _progress
 
     classes = art.spec.classes
     split = art.spec.training.get("split_patients")
-    train = {str(p) for p in split.get("train", [])} if isinstance(split, dict) else set()
-    records = [r for r in read_labels(data_dir, classes) if r.patient not in train]
+    split = split if isinstance(split, dict) else {}
+    records = read_labels(data_dir, classes)
+    trained_on = recorded_data(art)
+    if trained_on is not None and trained_on.resolve() == Path(data_dir).resolve() and split.get("test"):
+        test = {str(p) for p in split["test"]}
+        records = [r for r in records if r.patient in test]
+    else:
+        train = {str(p) for p in split.get("train", [])}
+        records = [r for r in records if r.patient not in train]
     if not records:
-        raise InputError(data_dir, "no images outside the artifact's training patients")
+        raise InputError(data_dir, "no evaluation images (all belong to the artifact's training patients)")
     net = net if net is not None else art.load_network()
     with _progress() as bar:
         task = bar.add_task("false positives: reading", total=len(records), status="")

@@ -135,7 +135,8 @@ class FeatureIndex:
                        z["precision"], float(z["shrinkage"]), str(z["source"]))
 
 
-def _resolve_data(art: ModelArtifact) -> Path | None:
+def recorded_data(art: ModelArtifact) -> Path | None:
+    """The folder the artifact was trained on, if recorded and readable from here."""
     recorded = art.spec.training.get("data")
     if not recorded:
         return None
@@ -159,7 +160,7 @@ def training_records(art: ModelArtifact, train_data: str | Path | None = None) -
     classes = art.spec.classes
     if train_data is not None:
         return read_labels(train_data, classes), f"{train_data} (all images)"
-    data = _resolve_data(art)
+    data = recorded_data(art)
     split = art.spec.training.get("split_patients")
     if data is None or not isinstance(split, dict) or "train" not in split:
         raise InputError(art.root, "the artifact records no readable training data folder and "

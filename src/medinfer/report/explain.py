@@ -88,8 +88,8 @@ def false_positive_section(art: ModelArtifact, data_dir: str | Path, n: int = 4,
 
     Args:
         art: a classification artifact.
-        data_dir: labeled evaluation folder (``labels.csv``, ``images/``); the artifact's
-            training patients are left out.
+        data_dir: labeled evaluation folder (``labels.csv``, ``images/``); see
+            :func:`~medinfer.apps.explain.find_false_positives` for which images count.
         n: false positives shown; k: neighbours per distance.
         train_data: training folder when the artifact's recorded one is not readable.
         cache: ``.npz`` file to cache the training features in.
@@ -100,7 +100,7 @@ def false_positive_section(art: ModelArtifact, data_dir: str | Path, n: int = 4,
     records, source = training_records(art, train_data)
     shown = explain_cases(ex, cases, k, {r.name: r.path for r in records})
     return _env().get_template("explain_section.html").render(
-        cases=shown, k=k, source=f"{data_dir} (without the training patients)",
+        cases=shown, k=k, source=f"{data_dir} (its recorded test patients if the model was trained on it, else all but the training patients)",
         methods=ex.explainer.methods, training_set=source,
         shrinkage=ex.index.shrinkage if ex.index else float("nan"))
 
