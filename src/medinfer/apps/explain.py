@@ -26,6 +26,7 @@ from medinfer.apps.attribution import Explainer, HeatMaps
 from medinfer.apps.neighbours import FeatureIndex, Neighbour, build_index, penultimate_features
 from medinfer.artifact import ModelArtifact
 from medinfer.errors import InputError, MedinferError
+from medinfer.io import Image
 
 log = logging.getLogger(__name__)
 INDEX_CACHE = "train_features.npz"
@@ -125,6 +126,17 @@ class ClassifierExplainer:
         index = build_index(art, net, train_data, cache) if neighbours else None
         return cls(art, net, index, gradcam_layer)
 
+    def explain(self, image: Image, top: int = 3, k: int = 5,
+                findings: Sequence[str] | None = None) -> ImageExplanation:
+        """Explain one raw 2D image (any size): see :meth:`explain_input`."""
+        from medinfer.data.preprocess import prepare_batch
+
+        if image.ndim_spatial != 2:
+            raise InputError(image.source or "<image>",
+                             f"not a 2D image; {self.artifact.root.name} takes 2D images")
+        x = prepare_batch([image.array], self.artifact.spec.preprocessing)
+        return self.explain_input(x, Path(image.source).name if image.source else "<image>", top, k, findings)
+
     def explain_input(self, x: np.ndarray, name: str, top: int = 3, k: int = 5,
                       findings: Sequence[str] | None = None) -> ImageExplanation:
         """Explain one prepared input ``x`` (1, C, H, W) float32.
@@ -194,7 +206,6 @@ def explain_files(art: ModelArtifact, inputs: Sequence[str | Path], out_dir: str
     Raises:
         InputError: naming the file, when no input could be explained (the first error).
     """
-    from medinfer.data.preprocess import prepare_batch
     from medinfer.io import read_image
     from medinfer.train.loop import _progress
 
@@ -221,8 +232,7 @@ def explain_files(art: ModelArtifact, inputs: Sequence[str | Path], out_dir: str
         with _progress() as bar:
             task = bar.add_task("explaining", total=len(todo), status="")
             for path, stem, image in todo:
-                x = prepare_batch([image.array], art.spec.preprocessing)
-                e = ex.explain_input(x, path.name, top, k)
+                e = ex.explain(image, top, k)
                 run.written.append(write_explanation(e, image.array, out_dir, stem, source))
                 bar.update(task, advance=1, status=path.name)
                 log.info("%s: explained %s", path.name, ", ".join(f.finding for f in e.findings))

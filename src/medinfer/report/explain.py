@@ -55,15 +55,13 @@ def _thumb(path: Path | None) -> str | None:
 def explain_cases(ex: ClassifierExplainer, cases: list[FalsePositive], k: int,
                   train_paths: dict[str, Path]) -> list[ShownCase]:
     """Heat-maps (for the false finding) and neighbours of each case, ready for the template."""
-    from medinfer.data.preprocess import prepare_batch
     from medinfer.io import read_image
     from medinfer.report.heatmaps import display_rgb, heatmap_panel, resize_map
 
     out = []
     for c in cases:
         image = read_image(c.path)
-        e = ex.explain_input(prepare_batch([image.array], ex.artifact.spec.preprocessing),
-                             c.path.name, k=k, findings=[c.finding])
+        e = ex.explain(image, k=k, findings=[c.finding])
         rgb = display_rgb(image.array)
         m = e.findings[0].maps
         png = heatmap_panel(rgb, resize_map(m.gradcam, rgb.shape[:2]), resize_map(m.lrp, rgb.shape[:2]),
