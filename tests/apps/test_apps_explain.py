@@ -226,3 +226,12 @@ def test_false_positives_are_false_and_reported(tiny_classifier, labeled_dir, tm
     html = page.read_text()
     assert html.count("data:image/png;base64,") >= 2 * (1 + 3 * 2)
     assert all(c.path.name in html for c in cases) and "mahalanobis" in html
+
+
+def test_segmentation_models_are_refused(tiny_classifier, net, tmp_path):
+    from medinfer.apps.explain import ClassifierExplainer
+    from medinfer.errors import MedinferError
+
+    seg = ModelArtifact(tmp_path, tiny_classifier.spec.model_copy(update={"task": "segmentation"}))
+    with pytest.raises(MedinferError, match="classification"):
+        ClassifierExplainer(seg, net, None)
