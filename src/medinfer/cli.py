@@ -299,7 +299,7 @@ def explain(
     train_data: Annotated[Optional[Path], typer.Option(help="Training images (labeled folder) if the artifact's recorded ones are not readable.")] = None,
     false_positives: Annotated[Optional[Path], typer.Option(help="Labeled folder: also write OUT/false_positives.html for its most confident false positives.")] = None,
     fp_count: Annotated[int, typer.Option(help="False positives shown.")] = 4,
-    gradcam_layer: Annotated[str, typer.Option(help="Network submodule Grad-CAM explains (e.g. features.transition3).")] = "features",
+    gradcam_layer: Annotated[str, typer.Option(help="Network submodule Grad-CAM explains; features.denseblock3 doubles the resolution of the default.")] = "features",
     threads: int = 2,
 ) -> None:
     """Grad-CAM and LRP heat-maps per finding, and the nearest training images (Euclidean, cosine, Mahalanobis)."""

@@ -116,9 +116,10 @@ def attach_rules(net: nn.Module) -> None:
 def gradcam_layer(net: nn.Module, name: str = "features") -> nn.Module:
     """The submodule whose output Grad-CAM explains.
 
-    The default, a DenseNet's ``features``, ends in ``norm5``: the last feature maps (4x4
-    for a 128x128 input, 2x2 for 64x64). An earlier block, e.g. ``features.transition3``
-    (twice the resolution), trades class specificity for detail.
+    The default, a DenseNet's ``features``, ends in ``norm5``: the last feature maps, 1/32
+    of the input (4x4 for 128x128, 2x2 for 64x64, where the upsampled map is nearly flat).
+    ``features.denseblock3`` (1/16, before the last transition's pooling) trades some class
+    specificity for twice the resolution.
     """
     try:
         return net.get_submodule(name)
