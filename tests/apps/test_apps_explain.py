@@ -218,6 +218,7 @@ def test_false_positives_are_false_and_reported(tiny_classifier, labeled_dir, tm
     cases = find_false_positives(tiny_classifier, labeled_dir, n=2)
     truth = {r.name: r for r in read_labels(labeled_dir, CLASSES)}
     assert len(cases) == 2
+    assert cases[0].probability >= cases[1].probability
     for c in cases:
         r = truth[c.path.name]
         assert c.finding not in r.findings and c.probability >= c.threshold

@@ -254,7 +254,7 @@ class FalsePositive:
 
 def find_false_positives(art: ModelArtifact, data_dir: str | Path, n: int = 4,
                          net: torch.nn.Module | None = None) -> list[FalsePositive]:
-    """The ``n`` most confident false positives in a labeled folder, one per image.
+    """The ``n`` most confident false positives in a labeled folder, one per image (its most probable).
 
     When ``data_dir`` is the folder the artifact was trained on, only its recorded test
     patients are searched; in any other folder, images of the artifact's training patients
@@ -284,14 +284,16 @@ def find_false_positives(art: ModelArtifact, data_dir: str | Path, n: int = 4,
         data = load_labeled(records, art.spec.preprocessing, classes, lambda k: bar.advance(task, k))
     probs = predict_probs(net, data.images)
     thr = np.array([art.spec.thresholds.get(c, 0.5) for c in classes])
-    margin = np.where((probs >= thr) & (data.labels < 0.5), probs - thr, -np.inf)
+    # Most confident = highest probability on an absent finding (not the margin over the
+    # threshold, which would favour findings whose validation threshold is near 0).
+    score = np.where((probs >= thr) & (data.labels < 0.5), probs, -np.inf)
     out = []
-    for i in np.argsort(-margin.max(axis=1), kind="stable")[:n]:
-        kk = int(np.argmax(margin[i]))
-        if not np.isfinite(margin[i, kk]):
+    for i in np.argsort(-score.max(axis=1), kind="stable")[:n]:
+        kk = int(np.argmax(score[i]))
+        if not np.isfinite(score[i, kk]):
             break
         out.append(FalsePositive(records[i].path, classes[kk], float(probs[i, kk]), float(thr[kk]),
                                  sorted(records[i].findings)))
     log.info("%d false positives shown (of %d images, %d positive calls on absent findings)",
-             len(out), len(records), int(np.isfinite(margin).sum()))
+             len(out), len(records), int(np.isfinite(score).sum()))
     return out
