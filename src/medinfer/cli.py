@@ -342,6 +342,45 @@ def report(
     console.print(f"report: {path}")
 
 
+
+@app.command()
+def explain(
+    inputs: Annotated[Optional[list[Path]], typer.Argument(help="Image files to explain.")] = None,
+    model: Annotated[Path, typer.Option(help="Classification model artifact folder.")] = ...,
+    out: Annotated[Path, typer.Option(help="Output folder (heat-map PNGs, one JSON per input).")] = ...,
+    top: Annotated[int, typer.Option(help="Explain this many most probable findings (and all above threshold).")] = 3,
+    k: Annotated[int, typer.Option(help="Nearest training images per distance.")] = 5,
+    train_data: Annotated[Optional[Path], typer.Option(help="Training images (labeled folder) if the artifact's recorded ones are not readable.")] = None,
+    false_positives: Annotated[Optional[Path], typer.Option(help="Labeled folder: also write OUT/false_positives.html for its most confident false positives.")] = None,
+    fp_count: Annotated[int, typer.Option(help="False positives shown.")] = 4,
+    gradcam_layer: Annotated[str, typer.Option(help="Network submodule Grad-CAM explains; features.denseblock3 doubles the resolution of the default.")] = "features",
+    threads: int = 2,
+) -> None:
+    """Grad-CAM and LRP heat-maps per finding, and the nearest training images (Euclidean, cosine, Mahalanobis)."""
+    import torch
+
+    from medinfer.apps.explain import explain_files
+    from medinfer.report.explain import false_positive_report
+
+    if not inputs and false_positives is None:
+        raise _fail(MedinferError("give image files to explain, or --false-positives DATA_DIR"))
+    torch.set_num_threads(threads)
+    try:
+        art = _load_artifact(model)
+        if inputs:
+            run = explain_files(art, inputs, out, top, k, train_data, gradcam_layer)
+            console.print(f"explained {len(run.written)} of {len(inputs)} inputs into {out}"
+                          + (f" ({len(run.kept)} kept from before)" if run.kept else ""))
+        if false_positives is not None:
+            page = false_positive_report(art, false_positives, out / "false_positives.html", fp_count, k,
+                                         train_data, gradcam_layer)
+            console.print(f"false positives: {page}")
+    except MedinferError as exc:
+        raise _fail(exc) from exc
+    if inputs and run.errors:
+        raise typer.Exit(code=1)
+
+
 @app.command()
 def demo(
     model: Annotated[Path, typer.Option(help="Committed model artifact.")] = Path("models/polyp-resunet"),
