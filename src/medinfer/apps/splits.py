@@ -1,0 +1,58 @@
+"""Re-create a trained artifact's data split as folders other commands can take.
+
+Training records which patients (classification) or volumes (3D) it trained, validated
+and tested on; these helpers lay those parts out again as symlink folders so that
+calibration, accuracy-control tuning and the final gate each see the right part, and the
+gate never sees data the model was trained, tuned or calibrated on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from medinfer.artifact import ModelArtifact
+from medinfer.errors import ArtifactError
+
+
+@dataclass(frozen=True)
+class SplitFolders:
+    """``calib``: training data for calibration; ``tune``: the validation part (accuracy
+    control); ``test``: never seen in training, tuning or calibration (the gate)."""
+
+    calib: Path
+    tune: Path
+    test: Path
+
+
+def classification_split(art: ModelArtifact, work: Path, data: Path | None = None,
+                         n_calib: int = 128) -> SplitFolders:
+    """Folders of the artifact's train (first ``n_calib``), validation and test patients."""
+    from medinfer.data.labels import read_labels, write_subset
+
+    split = art.spec.training.get("split_patients")
+    if not isinstance(split, dict):
+        raise ArtifactError(art.root, "no recorded patient split (train it with `medinfer train`)")
+    data = Path(data or str(art.spec.training["data"]))
+    records = read_labels(data, art.spec.classes)
+    parts = {k: [r for r in records if r.patient in set(map(str, split[k]))] for k in ("train", "val", "test")}
+    return SplitFolders(write_subset(parts["train"][:n_calib], work / "calib"),
+                        write_subset(parts["val"], work / "tune"), write_subset(parts["test"], work / "test"))
+
+
+def volume_split(art: ModelArtifact, work: Path, data: Path | None = None) -> SplitFolders:
+    """Folders of the artifact's training volumes (calibration and tuning) and held-out ones (test).
+
+    With six volumes there is no separate validation part: accuracy control tunes on the
+    training volumes, and the gate still only sees the held-out patient.
+    """
+    from medinfer.data.volumes import find_volume_pairs, write_volume_subset
+
+    train, val = art.spec.training.get("train"), art.spec.training.get("val")
+    if not isinstance(train, list) or not isinstance(val, list):
+        raise ArtifactError(art.root, "no recorded volume split (train it with `medinfer train`)")
+    pairs = find_volume_pairs(Path(data or str(art.spec.training["data"])))
+    tr = [p for p in pairs if p.name in train]
+    te = [p for p in pairs if p.name in val]
+    calib = write_volume_subset(tr, work / "calib")
+    return SplitFolders(calib, calib, write_volume_subset(te, work / "test"))
