@@ -119,13 +119,26 @@ class HttpConfig(_Strict):
 
 
 class DicomConfig(_Strict):
-    """DIMSE front door. ``port: 0`` disables it; an empty allow-list accepts nobody."""
+    """DIMSE front door (disabled while ``port`` is None).
+
+    Attributes:
+        allowed_calling_aets: the only calling AE titles whose associations are
+            accepted; required when the front door is enabled.
+        calling_ae_title: the AE title medinfer uses when it sends (C-STORE SCU).
+    """
 
     ae_title: str = "MEDINFER"
     host: str = "127.0.0.1"
-    port: int = 11112
+    port: int | None = None
     allowed_calling_aets: list[str] = Field(default_factory=list)
-    calling_ae_title: str = "MEDINFER"  # used when medinfer sends (C-STORE SCU)
+    calling_ae_title: str = "MEDINFER"
+
+    @model_validator(mode="after")
+    def _allow_list(self) -> DicomConfig:
+        if self.port is not None and not self.allowed_calling_aets:
+            raise ValueError("dicom.allowed_calling_aets must name at least one AE title "
+                             "when the DICOM port is enabled")
+        return self
 
 
 class ServeConfig(_Strict):

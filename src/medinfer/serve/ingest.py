@@ -16,7 +16,6 @@ from pathlib import Path
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.errors import InvalidDicomError
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from medinfer.errors import InputError
@@ -26,7 +25,7 @@ from medinfer.serve.logs import hash_uid
 from medinfer.serve.routing import route_series
 from medinfer.serve.store import InstanceInfo, Store
 
-__all__ = ["Receiver", "detect_format"]
+__all__ = ["Receiver", "check_pixels", "detect_format", "read_dicom_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +63,15 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def _check_pixels(ds: Dataset, label: str) -> None:
+def read_dicom_bytes(data: bytes, label: str) -> Dataset:
+    """Parse a DICOM Part 10 file from memory; InputError naming ``label`` when it is not one."""
+    try:
+        return dcmread(io.BytesIO(data))
+    except Exception as exc:  # pydicom raises many types (InvalidDicomError, EOFError ...)
+        raise InputError(label, f"not a readable DICOM file: {exc}") from exc
+
+
+def check_pixels(ds: Dataset, label: str) -> None:
     """Decode the pixel data once, so a truncated or undecodable instance is refused now."""
     if "PixelData" not in ds:
         return
@@ -114,7 +121,7 @@ class Receiver:
             InputError: missing UIDs or undecodable pixel data.
         """
         info = _info(ds, label)
-        _check_pixels(ds, label)
+        check_pixels(ds, label)
         if self.config.deidentify:
             deidentify(ds)
         if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
@@ -130,14 +137,6 @@ class Receiver:
                                             "sop": hash_uid(info.sop_uid), "source": source})
         return study_id
 
-    def accept_dicom_bytes(self, data: bytes, source: str, sender: str,
-                           label: str = "upload") -> int:
-        """Parse a DICOM Part 10 file's bytes and :meth:`accept_dataset` it."""
-        try:
-            ds = dcmread(io.BytesIO(data))
-        except (InvalidDicomError, EOFError, ValueError, OSError, KeyError) as exc:
-            raise InputError(label, f"not a readable DICOM file: {exc}") from exc
-        return self.accept_dataset(ds, source, sender, label)
 
     def accept_image_bytes(self, data: bytes, fmt: str, sender: str, label: str,
                            modality: str = "") -> int:

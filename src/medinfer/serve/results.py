@@ -22,6 +22,7 @@ __all__ = [
     "overlay_slice",
     "sort_series",
     "write_json",
+    "write_png",
     "write_sc",
     "write_seg",
     "write_sr",
@@ -222,6 +223,15 @@ def write_sr(sources: Sequence[Dataset], scores: dict[str, float], thresholds: d
     out.parent.mkdir(parents=True, exist_ok=True)
     sr.save_as(out)
     return out, str(uid)
+
+
+def write_png(picture: np.ndarray, out: Path) -> Path:
+    """Write an ``(H, W, 3)`` uint8 picture as PNG."""
+    from PIL import Image as PILImage
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray(np.ascontiguousarray(picture)).save(out)
+    return out
 
 
 def write_json(payload: dict[str, Any], out: Path) -> Path:
