@@ -235,7 +235,7 @@ class Store:
                         state="failed", finished_at=now, lease_token=None,
                         error=cand.error or f"worker lost {cand.attempts} times (lease expired)"))
                     continue
-                token = secrets.token_hex(16)
+                token, attempts = secrets.token_hex(16), cand.attempts + 1
                 won = s.execute(update(Job).where(Job.id == cand.id, leasable).values(
                     state="running", lease_owner=owner, lease_token=token,
                     lease_expires=now + lease_seconds, attempts=Job.attempts + 1,
@@ -248,8 +248,7 @@ class Store:
                                            Instance.series_uid == cand.series_uid)
                     .order_by(Instance.id))]
                 return LeasedJob(cand.id, token, cand.study_id, study.study_uid if study else "",
-                                 cand.series_uid, cand.route, cand.artifact, cand.attempts + 1,
-                                 files)
+                                 cand.series_uid, cand.route, cand.artifact, attempts, files)
         return None
 
     def renew_lease(self, job_id: int, token: str, lease_seconds: float) -> bool:
