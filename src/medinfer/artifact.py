@@ -78,6 +78,12 @@ class ArtifactSpec(BaseModel):
     training: dict[str, object] = Field(default_factory=dict)
     variants: list[VariantRecord] = Field(default_factory=list)
     chosen: str | None = None
+    classes: list[str] = Field(default_factory=list)
+    """Classification: the name of each output, in order."""
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    """Classification: decision threshold per class (Youden's J on the validation part)."""
+    segments: dict[int, str] = Field(default_factory=dict)
+    """Segmentation: label value -> segment name (default ``{1: "foreground"}``)."""
 
 
 class ModelArtifact:

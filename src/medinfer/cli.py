@@ -50,9 +50,10 @@ def _emit_json(payload: dict, out: Path | None) -> None:
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Folder in the Kvasir layout (images/, masks/).")],
+    data: Annotated[Path, typer.Option(help="Kvasir layout (images/, masks/) or a labeled folder (labels.csv, images/).")],
     out: Annotated[Path, typer.Option(help="Artifact folder to write.")],
-    model: Annotated[str, typer.Option(help="Registered architecture.")] = "resunet",
+    model: Annotated[Optional[str], typer.Option(help="Registered architecture (default: resunet, or densenet121 for a labeled folder).")] = None,
+    size: Annotated[Optional[int], typer.Option(help="Classification: network input side in pixels.")] = None,
     channels: Annotated[Optional[str], typer.Option(help="Comma-separated channels per level.")] = None,
     epochs: int = 100,
     batch_size: int = 16,
@@ -66,23 +67,73 @@ def train(
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop after this much time.")] = None,
     limit: Annotated[Optional[int], typer.Option(help="Use only the first N pairs (tests).")] = None,
 ) -> None:
-    """Train a segmentation model (paper recipe) and save its best epoch as an artifact."""
+    """Train a model and save its best epoch as an artifact.
+
+    A folder with ``labels.csv`` trains a multi-label classifier (CheXNet recipe, best
+    epoch by validation mean AUC); image/mask folders train a segmentation model
+    (DQ-ResUNet recipe, best epoch by validation Dice).
+    """
+    from medinfer.data.labels import is_labeled_folder
     from medinfer.train import TrainConfig, train_segmentation
 
     kwargs: dict[str, object] = {}
     if channels:
         kwargs["channels"] = tuple(int(c) for c in channels.split(","))
-    cfg = TrainConfig(data=data, out=out, architecture=model, arch_kwargs=kwargs, epochs=epochs,
+    command = "medinfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    from medinfer.data.volumes import is_volume_folder
+
+    if is_volume_folder(data):
+        _train_volumes(data, out, model or "unet3d", kwargs, epochs, lr, seed, threads, max_minutes, command)
+        return
+    if is_labeled_folder(data):
+        _train_classifier(data, out, model or "densenet121", kwargs, size, epochs, batch_size, lr,
+                          seed, threads, max_minutes, limit, command)
+        return
+    cfg = TrainConfig(data=data, out=out, architecture=model or "resunet", arch_kwargs=kwargs, epochs=epochs,
                       batch_size=batch_size, lr=lr, lr_step=lr_step, lr_gamma=lr_gamma, loss=loss,
                       val_fraction=val_fraction, seed=seed, threads=threads,
                       max_minutes=max_minutes, limit=limit)
-    command = "medinfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         result = train_segmentation(cfg, command=command)
     except MedinferError as exc:
         raise _fail(exc) from exc
     m = result.artifact.spec.metrics
     console.print(f"best epoch {result.best_epoch}: val Dice {m['dice']:.4f} IoU {m['iou']:.4f} -> {out}")
+
+
+def _train_classifier(data: Path, out: Path, model: str, kwargs: dict[str, object], size: int | None,
+                      epochs: int, batch_size: int, lr: float, seed: int, threads: int,
+                      max_minutes: float | None, limit: int | None, command: str) -> None:
+    from medinfer.train.classify import train_classification
+    from medinfer.train.config import ClassifyConfig
+
+    extra: dict[str, object] = {}
+    if size:
+        extra["preprocessing"] = ClassifyConfig.model_fields["preprocessing"].default.model_copy(
+            update={"size": (size, size)})
+    cfg = ClassifyConfig(data=data, out=out, architecture=model, arch_kwargs=kwargs, epochs=epochs,
+                         batch_size=batch_size, lr=lr, seed=seed, threads=threads,
+                         max_minutes=max_minutes, limit=limit, **extra)
+    try:
+        result = train_classification(cfg, command=command)
+    except MedinferError as exc:
+        raise _fail(exc) from exc
+    m = result.artifact.spec.metrics
+    console.print(f"best epoch {result.best_epoch}: val mean AUC {m['mean_auc']:.4f} "
+                  f"abnormal AUC {m['abnormal_auc']:.4f} -> {out}")
+
+
+def _train_volumes(data: Path, out: Path, model: str, kwargs: dict[str, object], epochs: int, lr: float,
+                   seed: int, threads: int, max_minutes: float | None, command: str) -> None:
+    from medinfer.train.volume import VolumeTrainConfig, train_volume_segmentation
+
+    cfg = VolumeTrainConfig(data=data, out=out, architecture=model, arch_kwargs=kwargs, epochs=epochs,
+                            lr=lr, seed=seed, threads=threads, max_minutes=max_minutes)
+    try:
+        art = train_volume_segmentation(cfg, command=command)
+    except MedinferError as exc:
+        raise _fail(exc) from exc
+    console.print(f"best epoch {art.spec.training['best_epoch']}: held-out Dice {art.spec.metrics['dice']:.4f} -> {out}")
 
 
 def _load_artifact(path: Path):

@@ -15,7 +15,10 @@ SIDE = 32  # divisible by 2**4, enough for the 4-stride U-Nets
 
 def _small_kwargs(name: str) -> dict[str, object]:
     """Shrink a registered network's channel widths so tests stay fast (same depth)."""
-    channels = get_entry(name).defaults.get("channels")
+    defaults = get_entry(name).defaults
+    if "block_config" in defaults:  # DenseNet: same depth, narrow layers
+        return {"init_features": 8, "growth_rate": 4}
+    channels = defaults.get("channels")
     if channels is None:
         return {}
     return {"channels": tuple(4 * 2**i for i in range(len(channels)))}  # type: ignore[arg-type]
@@ -24,6 +27,12 @@ def _small_kwargs(name: str) -> dict[str, object]:
 def _small_net(name: str, in_channels: int = 3, out_channels: int = 1) -> torch.nn.Module:
     torch.manual_seed(0)
     return create_model(name, in_channels=in_channels, out_channels=out_channels, **_small_kwargs(name))
+
+
+def _out_shape(name: str, x: torch.Tensor) -> tuple[int, ...]:
+    """Logits shape for one output channel: per pixel for segmentation, per image otherwise."""
+    n = x.shape[0]
+    return (n, 1, *x.shape[2:]) if get_entry(name).task == "segmentation" else (n, 1)
 
 
 def _input(name: str, batch: int, channels: int = 3) -> torch.Tensor:
@@ -83,7 +92,7 @@ def test_forward_shape_finite_and_gradients_flow(name: str) -> None:
     net = _small_net(name).train()
     x = _input(name, batch=2)
     out = net(x)
-    assert out.shape == (2, 1, *x.shape[2:])
+    assert out.shape == _out_shape(name, x)
     assert torch.isfinite(out).all()
     out.square().mean().backward()
     params = [(n, p) for n, p in net.named_parameters() if p.requires_grad]
@@ -109,5 +118,5 @@ def test_onnx_export_matches_torch(name: str, tmp_path) -> None:
     got = session.run(None, {INPUT_NAME: x.numpy()})[0]
     with torch.inference_mode():
         want = net(x).numpy()
-    assert got.shape == want.shape == (3, 1, *x.shape[2:])
+    assert got.shape == want.shape == _out_shape(name, x)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)

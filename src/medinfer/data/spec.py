@@ -15,13 +15,19 @@ class Preprocessing(BaseModel):
         std: per-channel std divided after subtracting the mean.
         channels: channels the network expects (3 = RGB).
         mask_threshold: raw mask value above which a pixel is foreground (JPEG masks are noisy).
+        intensity: ``"scale"`` (``x * scale``, then mean/std) or ``"zscore"`` (per image, over
+            its nonzero voxels: MR intensities have no fixed unit).
+        overlap: volumes (3D ``size``) run through a sliding window of ``size`` with this
+            overlap instead of being resized.
     """
 
     model_config = ConfigDict(frozen=True)
 
-    size: tuple[int, int] = (224, 224)
+    size: tuple[int, ...] = (224, 224)
     scale: float = 1.0 / 255.0
     mean: tuple[float, ...] = (0.0, 0.0, 0.0)
     std: tuple[float, ...] = (1.0, 1.0, 1.0)
     channels: int = 3
     mask_threshold: int = 127
+    intensity: str = "scale"
+    overlap: float = 0.25

@@ -1,5 +1,7 @@
 """Medical metrics: a functional core and small accumulators around it."""
 
+from medinfer.metrics.classification import AucScore, ClassificationScores, classification_scores, roc_auc
 from medinfer.metrics.segmentation import SegmentationScores, dice_iou_per_image, summarize
 
-__all__ = ["SegmentationScores", "dice_iou_per_image", "summarize"]
+__all__ = ["AucScore", "ClassificationScores", "SegmentationScores", "classification_scores",
+           "dice_iou_per_image", "roc_auc", "summarize"]

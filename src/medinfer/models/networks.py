@@ -89,3 +89,35 @@ def unet3d(
 def test_unet3d(**kwargs: object) -> torch.nn.Module:
     """Tiny 3D U-Net for tests (input sides divisible by 4)."""
     return unet3d(**kwargs)  # type: ignore[arg-type]
+
+
+@register_model(
+    "densenet121", task="classification", spatial_dims=2,
+    init_features=64, growth_rate=32, block_config=(6, 12, 24, 16),
+)
+def densenet121(
+    *, in_channels: int, out_channels: int, init_features: int, growth_rate: int,
+    block_config: Sequence[int], dropout: float = 0.0,
+) -> torch.nn.Module:
+    """DenseNet-121 (MONAI), the CheXNet backbone: one logit per finding.
+
+    Input (N, in_channels, H, W), any H, W >= 32; output (N, out_channels) logits (apply a
+    sigmoid per finding for multi-label probabilities). Trained here from scratch: nothing
+    is downloaded.
+    """
+    from monai.networks.nets import DenseNet
+
+    return DenseNet(
+        spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
+        init_features=init_features, growth_rate=growth_rate, block_config=tuple(block_config),
+        dropout_prob=dropout,
+    )
+
+
+@register_model(
+    "test_densenet", task="classification", spatial_dims=2,
+    init_features=8, growth_rate=4, block_config=(2, 2),
+)
+def test_densenet(**kwargs: object) -> torch.nn.Module:
+    """Tiny DenseNet for tests (same layer types as DenseNet-121)."""
+    return densenet121(**kwargs)  # type: ignore[arg-type]

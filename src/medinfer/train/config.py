@@ -37,3 +37,34 @@ class TrainConfig(BaseModel):
     max_minutes: float | None = None
     limit: int | None = None
     preprocessing: Preprocessing = Preprocessing()
+
+
+class ClassifyConfig(BaseModel):
+    """Everything a multi-label classification training run depends on.
+
+    The recipe follows CheXNet (DenseNet-121, binary cross-entropy per finding, Adam),
+    trained from scratch (no downloaded weights): cosine learning-rate decay, small random
+    affine augmentation, a patient-level split into train / validation (best epoch) / test
+    (never seen in training; the artifact records which patients went where).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    data: Path
+    out: Path
+    architecture: str = "densenet121"
+    arch_kwargs: dict[str, object] = Field(default_factory=dict)
+    classes: tuple[str, ...] = ()
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    pos_weight_max: float = 10.0
+    split: tuple[float, float, float] = (0.6, 0.15, 0.25)
+    seed: int = 0
+    augment_prob: float = 0.5
+    threads: int = 2
+    max_minutes: float | None = None
+    limit: int | None = None
+    preprocessing: Preprocessing = Preprocessing(
+        size=(128, 128), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))

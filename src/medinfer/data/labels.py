@@ -1,0 +1,167 @@
+"""Multi-label image classification data: a folder with ``labels.csv`` and ``images/``.
+
+The layout is the NIH ChestX-ray14 one (``../shared/data/nih-cxr-1000``): one row per
+image, ``findings`` holding NIH's 'Finding Labels' ('|'-separated, 'No Finding' for
+none), ``abnormal`` a 0/1 label and ``patient_id`` for patient-level splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from medinfer.data.spec import Preprocessing
+from medinfer.errors import InputError
+
+LABELS_FILE = "labels.csv"
+NO_FINDING = "No Finding"
+# The 14 ChestX-ray14 findings in the order CheXNet reports them.
+NIH_FINDINGS: tuple[str, ...] = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
+    "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)
+_REQUIRED = ("image", "findings")
+
+
+@dataclass(frozen=True)
+class LabeledImage:
+    """One row of ``labels.csv``: an image file and its findings."""
+
+    path: Path
+    findings: frozenset[str]
+    abnormal: int
+    patient: str
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass(frozen=True)
+class LabeledArrays:
+    """Images prepared for the network and their labels.
+
+    Attributes:
+        images: (N, C, H, W) float32 network inputs.
+        labels: (N, K) float32 0/1, one column per class of ``classes``.
+        abnormal: (N,) int 0/1.
+        names: file names, in order.
+        classes: the K class names.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    abnormal: np.ndarray
+    names: list[str]
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def is_labeled_folder(root: str | Path) -> bool:
+    """Whether ``root`` holds a ``labels.csv`` (the classification layout)."""
+    return (Path(root) / LABELS_FILE).is_file()
+
+
+def read_labels(root: str | Path, classes: Sequence[str] = NIH_FINDINGS) -> list[LabeledImage]:
+    """Parse ``root/labels.csv``; images are looked up under ``root/images``.
+
+    Raises:
+        InputError: naming the CSV (and row) when it is missing, lacks a column, names an
+            unknown finding or an image that does not exist.
+    """
+    root = Path(root)
+    csv_path = root / LABELS_FILE
+    if not csv_path.is_file():
+        raise InputError(root, f"no {LABELS_FILE}: not a classification data folder")
+    known = set(classes)
+    out = []
+    with csv_path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(csv_path, f"missing column(s) {', '.join(missing)}")
+        for line, row in enumerate(reader, start=2):
+            raw = (row["findings"] or "").strip()
+            found = frozenset() if raw in ("", NO_FINDING) else frozenset(raw.split("|"))
+            unknown = found - known
+            if unknown:
+                raise InputError(csv_path, f"row {line}: unknown finding(s) {', '.join(sorted(unknown))}")
+            path = root / "images" / row["image"]
+            if not path.is_file():
+                raise InputError(csv_path, f"row {line}: image {path} does not exist")
+            abnormal = int(row.get("abnormal") or (1 if found else 0))
+            out.append(LabeledImage(path, found, abnormal, str(row.get("patient_id") or row["image"])))
+    if not out:
+        raise InputError(csv_path, "no rows")
+    return out
+
+
+def split_by_patient(records: Sequence[LabeledImage], fractions: Sequence[float],
+                     seed: int = 0) -> list[list[LabeledImage]]:
+    """Split into groups of about ``fractions`` of the images, never splitting a patient.
+
+    Patients are shuffled with ``seed`` and dealt to the groups in turn until each is
+    full; the result is deterministic for a given seed and record set.
+    """
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"fractions must sum to 1, got {fractions}")
+    by_patient: dict[str, list[LabeledImage]] = {}
+    for r in sorted(records, key=lambda r: r.name):
+        by_patient.setdefault(r.patient, []).append(r)
+    patients = sorted(by_patient)
+    order = np.random.default_rng(seed).permutation(len(patients))
+    targets = np.cumsum(fractions) * len(records)
+    groups: list[list[LabeledImage]] = [[] for _ in fractions]
+    g, taken = 0, 0
+    for i in order:
+        while g < len(groups) - 1 and taken >= targets[g]:
+            g += 1
+        groups[g].extend(by_patient[patients[i]])
+        taken += len(by_patient[patients[i]])
+    return groups
+
+
+def label_matrix(records: Sequence[LabeledImage], classes: Sequence[str]) -> np.ndarray:
+    """(N, K) float32 0/1 matrix of ``records``' findings over ``classes``."""
+    return np.array([[c in r.findings for c in classes] for r in records], np.float32).reshape(
+        len(records), len(classes))
+
+
+def load_labeled(records: Sequence[LabeledImage], spec: Preprocessing,
+                 classes: Sequence[str] = NIH_FINDINGS,
+                 progress: Callable[[int], None] | None = None) -> LabeledArrays:
+    """Read and prepare ``records``' images (resize, channels, normalize) with their labels."""
+    from medinfer.data.preprocess import prepare_batch
+    from medinfer.io import read_image
+
+    images = []
+    for r in records:
+        images.append(prepare_batch([read_image(r.path).array], spec)[0])
+        if progress:
+            progress(1)
+    arr = np.stack(images) if images else np.zeros((0, spec.channels, *spec.size), np.float32)
+    return LabeledArrays(arr, label_matrix(records, classes),
+                         np.array([r.abnormal for r in records], np.int64),
+                         [r.name for r in records], tuple(classes))
+
+
+def write_subset(records: Sequence[LabeledImage], dest: str | Path) -> Path:
+    """Make ``dest`` a labeled folder of ``records`` (images symlinked, ``labels.csv`` written)."""
+    dest = Path(dest)
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    with (dest / LABELS_FILE).open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "abnormal", "findings", "patient_id"])
+        for r in records:
+            link = dest / "images" / r.name
+            if not link.exists():
+                os.symlink(r.path.resolve(), link)
+            w.writerow([r.name, r.abnormal, "|".join(sorted(r.findings)) or NO_FINDING, r.patient])
+    return dest
