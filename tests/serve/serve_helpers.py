@@ -103,3 +103,28 @@ def to_bytes(ds: Dataset) -> bytes:
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def make_artifact(root: Path, dims: int = 3) -> Path:
+    """A tiny random-weight segmentation artifact: ``test_unet3d`` (1-channel MR volumes,
+    sliding window 160x136x24) or ``test_resunet`` (RGB pictures, 32x32)."""
+    import torch
+
+    from medinfer.artifact import ArtifactSpec, InputSpec, ModelArtifact
+    from medinfer.data.spec import Preprocessing
+
+    torch.manual_seed(0)
+    if dims == 3:
+        spec = ArtifactSpec(architecture="test_unet3d", in_channels=1, out_channels=1,
+                            input=InputSpec(channels=1, spatial=(160, 136, 24)),
+                            preprocessing=Preprocessing(size=(160, 136, 24), channels=1, mean=(0.0,), overlap=0.0,
+                                                        std=(1.0,), intensity="zscore"),
+                            segments={1: "tumour"})
+    else:
+        spec = ArtifactSpec(architecture="test_resunet", in_channels=3, out_channels=1,
+                            input=InputSpec(channels=3, spatial=(32, 32)),
+                            preprocessing=Preprocessing(size=(32, 32)), segments={1: "polyp"})
+    art = ModelArtifact(root, spec)
+    art.save()
+    art.save_weights(art.build_network().eval())
+    return root
