@@ -68,6 +68,17 @@ class Worker:
             self._predictors[artifact] = self._factory(artifact)
         return self._predictors[artifact]
 
+    def warm_up(self) -> None:
+        """Open every routed model now, so the first study does not wait for model loading.
+
+        A model that cannot be opened is logged and skipped; its jobs fail with the reason.
+        """
+        for route in self.config.routes:
+            try:
+                self.predictor(str(route.artifact))
+            except Exception as exc:  # a missing model must not stop the other routes
+                log.warning("model not loaded", extra={"route": route.name, "error": str(exc)})
+
     def run_once(self) -> bool:
         """Lease and process one job; False when none was waiting."""
         cfg = self.config
@@ -207,6 +218,7 @@ def run_worker(config: ServeConfig, name: str | None = None,
     setup_logging(config.log_format)
     store = Store(config.db_url)
     worker = Worker(config, store, name)
+    worker.warm_up()
     log.info("worker started", extra={"worker": worker.name})
     try:
         while stop is None or not stop.is_set():
