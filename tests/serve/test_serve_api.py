@@ -272,3 +272,16 @@ def test_admin_creates_tokens(service) -> None:  # noqa: ANN001
                        json={"name": "x", "scopes": ["admin"]}).status_code == 403
     new = r.json()["token"]
     assert client.get("/api/v1/jobs", headers=auth(new)).status_code == 403  # submit only
+
+
+def test_sources_without_type2_patient_attributes_still_get_a_seg(service) -> None:  # noqa: ANN001
+    client, tokens, worker, _ = service()
+    ds = make_series(1)[0]
+    for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName"):
+        delattr(ds, keyword)
+    r = client.post("/api/v1/studies", headers=auth(tokens["submit"]),
+                    files={"files": ("a.dcm", to_bytes(ds), "application/dicom")})
+    assert worker.run_once()
+    job = client.get(f"/api/v1/jobs/{r.json()['jobs'][0]}", headers=auth(tokens["read"])).json()
+    assert job["state"] == "done", job["error"]
+    assert {"seg", "sc"} <= {res["kind"] for res in job["results"]}

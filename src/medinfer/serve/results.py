@@ -38,12 +38,23 @@ def _software() -> str:
     return f"medinfer {version('medinfer')}"
 
 
+# Type 2 attributes of the patient/study modules that highdicom copies from the source
+# into every derived object; senders (and de-identification) often leave them out.
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+          "StudyTime", "ReferringPhysicianName", "AccessionNumber", "StudyID")
+
+
 def sort_series(datasets: Sequence[Dataset]) -> list[Dataset]:
     """Source instances in the slice order of :func:`medinfer.io.read_dicom_series`.
 
     Sorted by position along the slice normal (row cosine x column cosine), or by
-    InstanceNumber when a slice lacks geometry.
+    InstanceNumber when a slice lacks geometry. Missing Type 2 patient/study attributes
+    are added empty (in place), as derived objects must carry them.
     """
+    for ds in datasets:
+        for keyword in _TYPE2:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
     def geometry(ds: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
         iop, ipp = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
         if iop is None or ipp is None:
