@@ -69,13 +69,24 @@ class Worker:
         return self._predictors[artifact]
 
     def warm_up(self) -> None:
-        """Open every routed model now, so the first study does not wait for model loading.
+        """Open every routed model and run it once on a blank input of its own size, and
+        load the DICOM writers, so the first study does not pay for loading and imports.
 
         A model that cannot be opened is logged and skipped; its jobs fail with the reason.
         """
+        import highdicom  # noqa: F401  (first import takes seconds)
+
+        from medinfer.io import Image
+
         for route in self.config.routes:
             try:
-                self.predictor(str(route.artifact))
+                predictor = self.predictor(str(route.artifact))
+                spec = getattr(predictor, "artifact", None)
+                if spec is not None:
+                    shape = (spec.spec.input.channels, *spec.spec.input.spatial)
+                    n = len(shape) - 1
+                    predictor.predict(Image(np.zeros(shape, np.float32), (1.0,) * n, (0.0,) * n,
+                                            np.eye(n)))
             except Exception as exc:  # a missing model must not stop the other routes
                 log.warning("model not loaded", extra={"route": route.name, "error": str(exc)})
 
