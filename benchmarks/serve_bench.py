@@ -9,9 +9,13 @@ Three measurements, each recorded in one JSON file:
    wrapped as VL Endoscopic DICOM) sent by C-STORE with 1 and 8 studies in flight,
    routed to the shipped ``models/polyp-resunet``; latency = last instance acknowledged ->
    SEG stored in Orthanc (C-STORE success recorded by the service); studies per minute;
-   peak resident memory of the service and its workers together.
+   peak resident memory of the service and its workers together. "1 / 8 in flight" is a
+   closed loop: 1 or 8 senders, each sending its next study once its previous study's SEG
+   is in Orthanc. The latency includes the quiet time (``--quiet``, 1 s) after which a
+   study counts as complete.
 3. ``soak``: N studies (default 200) with a worker process killed (SIGKILL) every 20
-   studies; checks every study got exactly one done job and exactly one SEG in Orthanc.
+   studies (open loop, 4 senders pushing without waiting); checks every study got exactly
+   one done job, exactly one SEG delivery and exactly one SEG in Orthanc.
 
 Usage (repository root, after `make install`; needs orthanc, orthanc-dicomweb):
 
@@ -119,36 +123,62 @@ class Sender:
 
     def send_all(self, studies: list[Dataset], in_flight: int,
                  between: callable | None = None) -> None:
+        """Open loop: ``in_flight`` senders push studies without waiting for results."""
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(in_flight) as pool:
+            futures = []
             for i, ds in enumerate(studies):
-                pool.submit(self.send, ds).result() if in_flight == 1 else pool.submit(self.send, ds)
+                futures.append(pool.submit(self.send, ds))
                 if between is not None:
                     between(i + 1)
+            for f in futures:
+                f.result()
+
+    def send_closed_loop(self, studies: list[Dataset], in_flight: int, db_url: str) -> None:
+        """Closed loop: ``in_flight`` senders, each sending its next study only when the
+        previous one's SEG is stored in the PACS (so ``in_flight`` studies are in the system)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        def lane(batch: list[Dataset]) -> None:
+            for ds in batch:
+                self.send(ds)
+                deadline = time.time() + 120
+                while time.time() < deadline:
+                    if stored_times(db_url, ds.StudyInstanceUID).get(ds.StudyInstanceUID,
+                                                                     (0, 0, 0))[2]:
+                        break
+                    time.sleep(0.05)
+
+        with ThreadPoolExecutor(in_flight) as pool:
+            for f in [pool.submit(lane, studies[k::in_flight]) for k in range(in_flight)]:
+                f.result()
 
 
-def stored_times(db_url: str) -> dict[str, tuple[float, int, int]]:
+_STORES: dict[str, object] = {}
+
+
+def stored_times(db_url: str, only: str | None = None) -> dict[str, tuple[float, int, int]]:
     """study UID -> (SEG delivery sent_at, done jobs, SEG deliveries sent) from the job store."""
     from sqlalchemy import select
 
     from medinfer.serve.models import Delivery, Job, Result, Study
     from medinfer.serve.store import Store
 
-    store = Store(db_url)
+    store = _STORES.get(db_url) or _STORES.setdefault(db_url, Store(db_url))
     out: dict[str, list] = {}
     with store.session() as s:
-        rows = s.execute(select(Study.study_uid, Job.state, Delivery.state, Delivery.sent_at)
-                         .join(Job, Job.study_id == Study.id)
-                         .outerjoin(Result, (Result.job_id == Job.id) & (Result.kind == "seg"))
-                         .outerjoin(Delivery, Delivery.result_id == Result.id))
+        q = (select(Study.study_uid, Job.state, Delivery.state, Delivery.sent_at)
+             .join(Job, Job.study_id == Study.id)
+             .outerjoin(Result, (Result.job_id == Job.id) & (Result.kind == "seg"))
+             .outerjoin(Delivery, Delivery.result_id == Result.id))
+        rows = s.execute(q.where(Study.study_uid == only) if only else q)
         for uid, job_state, d_state, sent_at in rows:
             entry = out.setdefault(uid, [0.0, 0, 0])
             entry[1] += job_state == "done"
             if d_state == "sent":
                 entry[0] = max(entry[0], sent_at or 0.0)
                 entry[2] += 1
-    store.close()
     return {k: tuple(v) for k, v in out.items()}
 
 
@@ -179,9 +209,16 @@ class ServiceRun:
             self.peak_rss = max(self.peak_rss, rss)
 
     def workers(self) -> list[psutil.Process]:
-        return [p for p in psutil.Process(self.proc.pid).children(recursive=True)
-                if "multiprocessing" in " ".join(p.cmdline()) and "resource_tracker" not in
-                " ".join(p.cmdline())]
+        """Live worker processes (spawned children; not the resource tracker, not zombies)."""
+        out = []
+        for p in psutil.Process(self.proc.pid).children(recursive=True):
+            try:
+                cmd = " ".join(p.cmdline())
+                if p.status() != psutil.STATUS_ZOMBIE and "spawn_main" in cmd:
+                    out.append(p)
+            except psutil.Error:
+                continue
+        return out
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
@@ -232,7 +269,7 @@ def run_service_bench(work: Path, jpegs: list[Path], counts: dict[int, int], soa
             for in_flight, n in counts.items():
                 studies = [endoscopy_study(jpegs[(i + 1) % len(jpegs)]) for i in range(n)]
                 t0 = time.time()
-                sender.send_all(studies, in_flight)
+                sender.send_closed_loop(studies, in_flight, db_url)
                 uids = [ds.StudyInstanceUID for ds in studies]
                 times = wait_results(db_url, uids, 300)
                 lat = np.array([times[u][0] - sender.acked[u] for u in uids if times.get(u, (0, 0, 0))[2]])
@@ -255,39 +292,57 @@ def run_service_bench(work: Path, jpegs: list[Path], counts: dict[int, int], soa
 
 def soak_run(svc: ServiceRun, sender: Sender, db_url: str, pacs: Orthanc, jpegs: list[Path],
              n: int, kill_every: int) -> dict:
+    """Send ``n`` studies; each time ``kill_every`` more of them are done, SIGKILL the worker
+    process that holds a running job's lease (so it dies mid-job)."""
+    from sqlalchemy import func, select
+
+    from medinfer.serve.models import Job
+    from medinfer.serve.store import Store
+
     studies = [endoscopy_study(jpegs[i % len(jpegs)]) for i in range(n)]
-    kills = []
+    store = Store(db_url)
+    with store.session() as s:
+        first_job = (s.scalar(select(func.max(Job.id))) or 0) + 1
+    kills: list[int] = []
+    finished = threading.Event()
 
-    def maybe_kill(sent: int) -> None:
-        if sent % kill_every == 0:
-            victims = svc.workers()
-            if victims:
-                os.kill(victims[0].pid, signal.SIGKILL)
-                kills.append(sent)
+    def killer() -> None:
+        threshold = kill_every
+        while not finished.is_set() and threshold < n:
+            with store.session() as s:
+                done = s.scalar(select(func.count()).select_from(Job).where(
+                    Job.id >= first_job, Job.state == "done")) or 0
+                running = s.scalars(select(Job.lease_owner).where(
+                    Job.id >= first_job, Job.state == "running")).all()
+            if done >= threshold and running:
+                pid = int(str(running[0]).rsplit(":", 1)[1])
+                if pid in {p.pid for p in svc.workers()}:
+                    os.kill(pid, signal.SIGKILL)
+                    kills.append(done)
+                    threshold += kill_every
+            time.sleep(0.02)
 
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
     t0 = time.time()
-    sender.send_all(studies, 4, between=maybe_kill)
+    sender.send_all(studies, 4)
     uids = [ds.StudyInstanceUID for ds in studies]
     times = wait_results(db_url, uids, 900)
     elapsed = time.time() - t0
+    finished.set()
+    thread.join()
     done_jobs = [times.get(u, (0, 0, 0))[1] for u in uids]
     sent = [times.get(u, (0, 0, 0))[2] for u in uids]
     in_pacs = {}
     for uid in uids:
         found = pacs.find(StudyInstanceUID=uid, Modality="SEG")
         in_pacs[uid] = len(found)
-    from medinfer.serve.store import Store
-
-    store = Store(db_url)
     counts = store.job_counts()
-    from sqlalchemy import func, select
-
-    from medinfer.serve.models import Job
-
     with store.session() as s:
         retried = s.scalar(select(func.count()).select_from(Job).where(Job.attempts > 1))
     store.close()
-    return {"studies": n, "workers_killed": len(kills), "seconds": round(elapsed, 1),
+    return {"studies": n, "workers_killed": len(kills), "killed_at_done_counts": kills,
+            "seconds": round(elapsed, 1),
             "lost": sum(d == 0 for d in done_jobs), "duplicated_jobs": sum(d > 1 for d in done_jobs),
             "seg_in_orthanc_missing": sum(v == 0 for v in in_pacs.values()),
             "seg_in_orthanc_duplicated": sum(v > 1 for v in in_pacs.values()),

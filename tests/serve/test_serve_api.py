@@ -285,3 +285,25 @@ def test_sources_without_type2_patient_attributes_still_get_a_seg(service) -> No
     job = client.get(f"/api/v1/jobs/{r.json()['jobs'][0]}", headers=auth(tokens["read"])).json()
     assert job["state"] == "done", job["error"]
     assert {"seg", "sc"} <= {res["kind"] for res in job["results"]}
+
+
+def test_nifti_upload_gets_a_nifti_mask(service, tmp_path) -> None:  # noqa: ANN001
+    import nibabel as nib
+
+    client, tokens, worker, _ = service(routes=[
+        {"name": "vol", "artifact": str(tmp_path / "art"), "match": {"formats": ["nifti"]}}])
+    vol = np.zeros((12, 10, 6), np.int16)
+    vol[3:9, 3:7, 1:5] = 300
+    path = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.diag([0.8, 0.8, 2.0, 1.0])), path)
+    r = client.post("/api/v1/studies", headers=auth(tokens["submit"]),
+                    files={"files": ("vol.nii.gz", path.read_bytes(), "application/gzip")})
+    assert r.status_code == 202, r.text
+    assert worker.run_once()
+    job = client.get(f"/api/v1/jobs/{r.json()['jobs'][0]}", headers=auth(tokens["read"])).json()
+    assert job["state"] == "done", job["error"]
+    url = {res["kind"]: res["url"] for res in job["results"]}["mask"]
+    out = tmp_path / "mask.nii.gz"
+    out.write_bytes(client.get(url, headers=auth(tokens["read"])).content)
+    mask = np.asarray(nib.load(out).dataobj)
+    assert mask.shape == (12, 10, 6) and int(mask.sum()) == 6 * 4 * 4
