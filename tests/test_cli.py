@@ -45,7 +45,8 @@ def test_evaluate_prints_contract_json(tiny_artifact, tiny_data, tmp_path):
                               "--backend", "torch", "--precision", "fp32", "--json", str(out)])
     assert res.exit_code == 0, res.output
     payload = json.loads(out.read_text())
-    assert set(payload) == {"dice", "iou", "n", "backend", "precision"}
+    assert set(payload) >= {"dice", "iou", "n", "backend", "precision"}  # the contract (extended)
+    assert payload["task"] == "segmentation" and payload["variant"] == "torch-fp32"
     assert payload["n"] == 20 and payload["backend"] == "torch" and payload["precision"] == "fp32"
     assert 0.0 <= payload["iou"] <= payload["dice"] <= 1.0
 

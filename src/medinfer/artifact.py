@@ -41,9 +41,9 @@ class VariantRecord(BaseModel):
     Attributes:
         name: e.g. ``"openvino-int8"``.
         backend: ``torch`` | ``onnxruntime`` | ``openvino``.
-        precision: ``fp32`` | ``int8`` | ``int8-dynamic``.
+        precision: ``fp32`` | ``int8`` | ``int8-dynamic`` | ``int8-ac`` (accuracy-controlled).
         path: file relative to the artifact folder ("" for the torch weights).
-        metrics: validation metrics of this variant (dice, iou, n).
+        metrics: validation metrics of this variant (the task's: dice/iou or mean_auc/auc/<class>, n).
         passed: whether it kept the metric within the gate.
         latency_ms: batch-16 median latency measured by the optimizer (None if not measured).
         size_mb: size of the variant's files on disk.
@@ -61,6 +61,8 @@ class VariantRecord(BaseModel):
     size_mb: float | None = None
     ops: dict[str, dict[str, int]] = Field(default_factory=dict)
     reason: str = ""
+    float_layers: list[str] = Field(default_factory=list)
+    """Accuracy-controlled INT8: the layers NNCF returned to FP32 to keep the metric."""
 
 
 class ArtifactSpec(BaseModel):

@@ -143,27 +143,34 @@ def _load_artifact(path: Path):
 
 
 BackendOpt = Annotated[Optional[str], typer.Option(help="torch | onnxruntime | openvino (default: the artifact's chosen variant).")]
-PrecisionOpt = Annotated[Optional[str], typer.Option(help="fp32 | int8 | int8-dynamic.")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(help="fp32 | int8 | int8-dynamic | int8-ac.")]
 
 
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Option(help="Model artifact folder.")],
-    data: Annotated[Path, typer.Option(help="Folder in the Kvasir layout (images/, masks/).")],
+    data: Annotated[Path, typer.Option(help="Data folder in the model's layout: images/+masks/ (2D or NIfTI volumes) or labels.csv+images/.")],
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the JSON here.")] = None,
     threads: int = 2,
+    bootstrap: Annotated[int, typer.Option(help="Classification: bootstrap resamples for the 95% intervals.")] = 1000,
 ) -> None:
-    """Dice and IoU (threshold 0.5) of one variant over a folder, printed as JSON."""
-    from medinfer.apps.segmentation import evaluate as run
+    """The task's metrics of one variant over a folder, printed as JSON.
+
+    Segmentation: ``{dice, iou, n, backend, precision}``. Classification: mean AUC over the
+    findings present, abnormal AUC, per-finding AUC (``auc/<finding>``), each with a
+    bootstrap 95% interval under ``intervals``.
+    """
+    from medinfer.apps.evaluate import evaluate_folder
     from medinfer.runtime import EngineOptions
 
     try:
-        result = run(_load_artifact(model), data, backend, precision, EngineOptions(threads=threads))
+        result = evaluate_folder(_load_artifact(model), data, backend, precision, EngineOptions(threads=threads),
+                                 n_boot=bootstrap)
     except MedinferError as exc:
         raise _fail(exc) from exc
-    _emit_json(result.as_dict(), json_out)
+    _emit_json(result, json_out)
 
 
 @app.command()
@@ -192,20 +199,24 @@ def predict(
 @app.command()
 def optimize(
     model: Annotated[Path, typer.Option(help="Model artifact folder (variants are written into it).")],
-    calib: Annotated[Path, typer.Option(help="Calibration images (training data, never validation).")],
-    val: Annotated[Path, typer.Option(help="Validation folder in the Kvasir layout.")],
-    max_drop: Annotated[float, typer.Option(help="Largest allowed Dice drop vs PyTorch FP32.")] = 0.005,
+    calib: Annotated[Path, typer.Option(help="Calibration data (training data, never validation).")],
+    val: Annotated[Path, typer.Option(help="Folder the gate evaluates on, in the model's data layout.")],
+    tune: Annotated[Optional[Path], typer.Option(help="Labeled folder for accuracy-controlled INT8 (not --val).")] = None,
+    max_drop: Annotated[float, typer.Option(help="Largest allowed drop of the task's metric (Dice, mean AUC) vs PyTorch FP32.")] = 0.005,
+    max_class_drop: Annotated[float, typer.Option(help="Classification: largest allowed drop of any one class's AUC.")] = 0.02,
     calib_limit: Optional[int] = None,
     val_limit: Optional[int] = None,
+    tune_limit: Optional[int] = None,
     threads: int = 2,
 ) -> None:
-    """Build every variant, gate each on Dice, store them and choose the fastest that passes."""
+    """Build every variant, gate each on the task's metric, store them and choose the fastest that passes."""
     from medinfer.optimize.pipeline import OptimizeConfig
     from medinfer.optimize.pipeline import optimize as run
     from medinfer.runtime import EngineOptions
 
-    cfg = OptimizeConfig(calib=calib, val=val, max_drop=max_drop, calib_limit=calib_limit,
-                         val_limit=val_limit, options=EngineOptions(threads=threads))
+    cfg = OptimizeConfig(calib=calib, val=val, tune=tune, max_drop=max_drop, max_class_drop=max_class_drop,
+                         calib_limit=calib_limit, val_limit=val_limit, tune_limit=tune_limit,
+                         options=EngineOptions(threads=threads))
     try:
         art = _load_artifact(model)
         with console.status("optimizing") as status:
@@ -218,13 +229,16 @@ def optimize(
 def _print_variants(records, chosen: str | None) -> None:
     from rich.table import Table
 
-    table = Table(title="variants (Dice gate vs torch-fp32)")
-    for c in ("variant", "Dice", "IoU", "gate", "batch-16 ms", "size MB"):
+    keys = ["dice", "iou"] if "dice" in records[0].metrics else ["mean_auc", "abnormal_auc"]
+    table = Table(title=f"variants ({keys[0]} gate vs torch-fp32)")
+    for c in ("variant", *keys, "gate", "latency ms", "size MB", "FP32 layers"):
         table.add_column(c)
     for r in records:
         gate = "pass" if r.passed else f"REJECT: {r.reason}"
-        table.add_row(r.name + (" ★" if r.name == chosen else ""), f"{r.metrics['dice']:.4f}",
-                      f"{r.metrics['iou']:.4f}", gate, f"{r.latency_ms:.1f}", f"{r.size_mb:.1f}")
+        table.add_row(r.name + (" ★" if r.name == chosen else ""),
+                      *(f"{r.metrics.get(k, float('nan')):.4f}" for k in keys), gate,
+                      f"{r.latency_ms:.1f}", f"{r.size_mb:.1f}",
+                      str(len(r.float_layers)) if r.precision == "int8-ac" else "")
     _wide().print(table)
     _wide().print(f"chosen: [bold]{chosen or 'none passed'}[/bold]")
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from medinfer.apps.tasks import Classification, GateLimits, Segmentation2D
 from medinfer.artifact import ArtifactSpec, InputSpec, ModelArtifact, VariantRecord
 from medinfer.data.pairs import load_calibration_images
 from medinfer.data.spec import Preprocessing
@@ -49,16 +50,18 @@ def optimized(tmp_path_factory: pytest.TempPathFactory):
     torch.manual_seed(0)
     art.save_weights(create_model("test_resunet", in_channels=3, out_channels=1))
     art.save()
-    cfg = OptimizeConfig(calib=calib, val=val, latency_runs=1)
+    tune = _make_kvasir(root / "tune", 4, seed=3)
+    cfg = OptimizeConfig(calib=calib, val=val, tune=tune, latency_runs=1)
     steps: list[str] = []
     records = optimize(art, cfg, step=steps.append)
     return art, records, cfg, steps
 
 
-def test_all_six_variants_built_and_scored(optimized) -> None:
+def test_all_variants_built_and_scored(optimized) -> None:
     art, records, _, steps = optimized
     assert [r.name for r in records] == list(VARIANTS)
-    assert len(records) == 6
+    assert len(records) == 7  # six post-training variants + accuracy-controlled INT8 (--tune given)
+    assert any("accuracy control" in s for s in steps)
     assert any("export ONNX" in s for s in steps)
     for r in records:
         backend, precision, _ = VARIANTS[r.name]
@@ -73,6 +76,23 @@ def test_all_six_variants_built_and_scored(optimized) -> None:
         assert r.size_mb and r.size_mb > 0
         if r.name != "torch-fp32":
             assert r.ops, f"{r.name}: no operator census"
+
+
+def test_accuracy_controlled_variant_records_its_fp32_layers(optimized) -> None:
+    import openvino as ov
+
+    from medinfer.optimize.quantize import float_layers
+
+    art, records, _, _ = optimized
+    ac = next(r for r in records if r.name == "openvino-int8-ac")
+    assert ac.precision == "int8-ac" and ac.path.endswith("model_int8_ac.xml")
+    model = ov.Core().read_model(str(art.root / ac.path))
+    assert ac.float_layers == float_layers(model)  # what is recorded is what the IR holds
+    plain = ov.Core().read_model(str(art.root / "variants" / "model_int8.xml"))
+    # it restores layers to FP32, never quantizes more than plain INT8 (which keeps the
+    # transposed convolutions in float on this model)
+    assert set(float_layers(plain)) <= set(ac.float_layers)
+    assert ac.ops["int8"], "accuracy control should keep most layers in INT8"
 
 
 def test_fp32_variants_match_torch(optimized) -> None:
@@ -158,6 +178,12 @@ def _rec(name: str, dice: float, latency: float | None) -> VariantRecord:
                          metrics={"dice": dice}, latency_ms=latency)
 
 
+def _task(cls=Segmentation2D, **spec: object):
+    base = dict(architecture="test_resunet", in_channels=3, out_channels=1,
+                input=InputSpec(channels=3, spatial=SIZE), preprocessing=Preprocessing(size=SIZE))
+    return cls(ModelArtifact(Path("unused"), ArtifactSpec(**{**base, **spec})))
+
+
 def test_apply_gate_rejects_big_drop_and_picks_fastest_passing() -> None:
     records = [
         _rec("torch-fp32", 0.900, 10.0),
@@ -166,19 +192,42 @@ def test_apply_gate_rejects_big_drop_and_picks_fastest_passing() -> None:
         _rec("onnxruntime-int8", 0.897, 3.0),  # drops 0.003: passes
         _rec("onnxruntime-int8-dynamic", 0.905, None),  # better than the reference; not timed
     ]
-    chosen = apply_gate(records, max_drop=0.005)
+    chosen = apply_gate(records, _task(), GateLimits(max_drop=0.005))
     assert chosen == "onnxruntime-int8"
     verdict = {r.name: r.passed for r in records}
     assert verdict == {"torch-fp32": True, "onnxruntime-fp32": True, "openvino-int8": False,
                        "onnxruntime-int8": True, "onnxruntime-int8-dynamic": True}
     bad = records[2]
-    assert "Dice drop" in bad.reason and "0.0200" in bad.reason
+    assert "dice drop" in bad.reason and "0.0200" in bad.reason
     assert all(r.reason == "" for r in records if r.passed)
 
 
 def test_apply_gate_stricter_threshold_falls_back() -> None:
     records = [_rec("torch-fp32", 0.9, 10.0), _rec("onnxruntime-int8", 0.897, 3.0)]
-    assert apply_gate(records, max_drop=0.001) == "torch-fp32"
+    assert apply_gate(records, _task(), GateLimits(max_drop=0.001)) == "torch-fp32"
     assert records[1].passed is False
-    assert apply_gate(records, max_drop=0.01) == "onnxruntime-int8"  # re-gating resets the verdict
+    assert apply_gate(records, _task(), GateLimits(max_drop=0.01)) == "onnxruntime-int8"  # re-gating resets the verdict
     assert records[1].passed is True and records[1].reason == ""
+
+
+def _auc_rec(name: str, mean: float, per_class: dict[str, float], latency: float) -> VariantRecord:
+    backend, _, precision = name.partition("-")
+    metrics = {"mean_auc": mean, **{f"auc/{k}": v for k, v in per_class.items()}}
+    return VariantRecord(name=name, backend=backend, precision=precision, path="", metrics=metrics,
+                         latency_ms=latency)
+
+
+def test_classification_gate_fails_a_variant_on_one_class_even_if_the_mean_holds() -> None:
+    task = _task(Classification, task="classification", architecture="test_densenet", out_channels=2,
+                 classes=["Effusion", "Mass"])
+    records = [
+        _auc_rec("torch-fp32", 0.80, {"Effusion": 0.80, "Mass": 0.80}, 10.0),
+        _auc_rec("openvino-int8", 0.799, {"Effusion": 0.828, "Mass": 0.770}, 1.0),  # Mass -0.03
+        _auc_rec("openvino-int8-ac", 0.798, {"Effusion": 0.80, "Mass": 0.796}, 2.0),
+        _auc_rec("onnxruntime-int8", 0.790, {"Effusion": 0.79, "Mass": 0.79}, 0.5),  # mean -0.01
+    ]
+    assert apply_gate(records, task, GateLimits(max_drop=0.005, max_class_drop=0.02)) == "openvino-int8-ac"
+    assert "Mass AUC drop 0.0300" in records[1].reason
+    assert "mean_auc drop 0.0100" in records[3].reason
+    # a looser per-class limit lets the plain INT8 variant through
+    assert apply_gate(records, task, GateLimits(max_drop=0.005, max_class_drop=0.05)) == "openvino-int8"

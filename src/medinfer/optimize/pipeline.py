@@ -1,4 +1,8 @@
-"""`medinfer optimize`: build every variant, verify the medical metric, pick the fastest that passes."""
+"""`medinfer optimize`: build every variant, verify the task's medical metric, pick the fastest that passes.
+
+The same loop serves every task (2D / 3D segmentation: Dice; multi-label classification:
+mean AUC and each class's AUC) through :mod:`medinfer.apps.tasks`.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from medinfer.apps.segmentation import score_engine
+from medinfer.apps.tasks import GateLimits, Task, check_layout, task_for
 from medinfer.artifact import ModelArtifact, VariantRecord
-from medinfer.data.pairs import PairArrays, find_pairs, load_calibration_images, load_pairs
 from medinfer.optimize import export, inspect, quantize
 from medinfer.runtime import EngineOptions, open_engine
 from medinfer.runtime.measure import timed_runs
@@ -27,6 +31,7 @@ VARIANTS: dict[str, tuple[str, str, str]] = {
     "onnxruntime-int8-dynamic": ("onnxruntime", "int8-dynamic", "model_int8_dynamic.onnx"),
     "openvino-fp32": ("openvino", "fp32", "model.xml"),
     "openvino-int8": ("openvino", "int8", "model_int8.xml"),
+    "openvino-int8-ac": ("openvino", "int8-ac", "model_int8_ac.xml"),
 }
 
 
@@ -35,25 +40,31 @@ class OptimizeConfig:
     """Settings of one optimization run.
 
     Attributes:
-        calib: folder of calibration images (Kvasir layout or plain images); never the validation data.
-        val: Kvasir-layout folder the gate evaluates on.
-        max_drop: largest allowed Dice drop below PyTorch FP32 (absolute, e.g. 0.005).
-        calib_limit / val_limit: use only the first N files (demo subsets).
-        options: engine settings used for the quick latency check that picks the winner.
-        latency_runs: timed batch-16 runs per variant for that check.
+        calib: folder of calibration data (the task's layout or plain images); never the gate's data.
+        val: folder the gate evaluates on, in the task's layout.
+        tune: labeled folder accuracy-controlled quantization tunes on (not ``val``); without
+            it that variant is not built.
+        max_drop: largest allowed drop of the task's primary metric below PyTorch FP32.
+        max_class_drop: classification: largest allowed drop of any single class's AUC.
+        calib_limit / val_limit / tune_limit: use only the first N cases (demo subsets).
+        options: engine settings of the quick latency check that picks the winner.
+        latency_runs: timed runs per variant for that check.
     """
 
     calib: Path
     val: Path
+    tune: Path | None = None
     max_drop: float = 0.005
+    max_class_drop: float = 0.02
     calib_limit: int | None = None
     val_limit: int | None = None
+    tune_limit: int | None = None
     options: EngineOptions = EngineOptions()
     latency_runs: int = 5
 
 
 def build_variants(art: ModelArtifact, calib: np.ndarray, step: Callable[[str], None]) -> None:
-    """Export and quantize every variant into ``art.root/variants``."""
+    """Export and quantize every post-training variant into ``art.root/variants``."""
     vdir = art.root / VARIANT_DIR
     vdir.mkdir(parents=True, exist_ok=True)
     onnx_fp32, xml_fp32 = vdir / "model.onnx", vdir / "model.xml"
@@ -77,36 +88,37 @@ def variant_files(art: ModelArtifact, rel: str) -> list[Path]:
     return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
 
 
-def check_variant(art: ModelArtifact, name: str, val: PairArrays, cfg: OptimizeConfig) -> VariantRecord:
-    """Evaluate one variant's Dice/IoU and its quick batch-16 latency."""
+def variant_record(name: str) -> VariantRecord:
     backend, precision, fname = VARIANTS[name]
-    rel = f"{VARIANT_DIR}/{fname}" if fname else ""
-    rec = VariantRecord(name=name, backend=backend, precision=precision, path=rel)
+    return VariantRecord(name=name, backend=backend, precision=precision,
+                         path=f"{VARIANT_DIR}/{fname}" if fname else "")
+
+
+def check_variant(art: ModelArtifact, name: str, task: Task, val: Any, cfg: OptimizeConfig) -> VariantRecord:
+    """Evaluate one variant's task metrics and its quick latency on a representative batch."""
+    rec = variant_record(name)
     engine = open_engine(art, rec, cfg.options)
     try:
-        result, _ = score_engine(engine, val)
-        batch = val.images[np.arange(16) % len(val)]
-        rec.latency_ms = float(np.median(timed_runs(engine.infer, batch, 1, cfg.latency_runs)))
+        rec.metrics = {k: v for k, v in task.score(engine, val).items() if isinstance(v, float)}
+        rec.latency_ms = float(np.median(timed_runs(engine.infer, task.latency_batch(val), 1, cfg.latency_runs)))
     finally:
         engine.close()
-    rec.metrics = {"dice": result.dice, "iou": result.iou, "n": float(result.n)}
-    rec.size_mb = sum(f.stat().st_size for f in variant_files(art, rel)) / 2**20
-    if fname.endswith(".onnx"):
-        rec.ops = inspect.onnx_float_ops(art.root / rel)
-    elif fname.endswith(".xml"):
-        rec.ops = inspect.openvino_float_ops(art.root / rel)
+    rec.size_mb = sum(f.stat().st_size for f in variant_files(art, rec.path)) / 2**20
+    if rec.path.endswith(".onnx"):
+        rec.ops = inspect.onnx_float_ops(art.root / rec.path)
+    elif rec.path.endswith(".xml"):
+        rec.ops = inspect.openvino_float_ops(art.root / rec.path)
     return rec
 
 
-def apply_gate(records: list[VariantRecord], max_drop: float) -> str | None:
+def apply_gate(records: list[VariantRecord], task: Task, limits: GateLimits) -> str | None:
     """Mark each record passed/rejected against torch-fp32; return the fastest passing name."""
-    ref = next(r for r in records if r.name == "torch-fp32").metrics["dice"]
+    ref = next(r for r in records if r.name == "torch-fp32").metrics
     for r in records:
-        drop = ref - r.metrics["dice"]
-        r.passed = drop <= max_drop
-        r.reason = "" if r.passed else f"Dice drop {drop:.4f} > max {max_drop:.4f}"
+        r.reason = task.gate(ref, r.metrics, limits)
+        r.passed = not r.reason
     passing = [r for r in records if r.passed and r.latency_ms is not None]
-    return min(passing, key=lambda r: r.latency_ms if r.latency_ms is not None else float("inf")).name if passing else None
+    return min(passing, key=lambda r: r.latency_ms or float("inf")).name if passing else None
 
 
 def optimize(art: ModelArtifact, cfg: OptimizeConfig,
@@ -114,24 +126,40 @@ def optimize(art: ModelArtifact, cfg: OptimizeConfig,
     """Build, verify and rank every variant; store them and the chosen one in ``art``.
 
     Returns:
-        The variant records in :data:`VARIANTS` order, each with metrics, gate verdict,
-        latency, size and operator precision.
+        The variant records in :data:`VARIANTS` order (accuracy-controlled INT8 only with
+        ``cfg.tune``), each with metrics, gate verdict, latency, size and operator precision.
     """
-    step("load calibration images")
-    calib = load_calibration_images(cfg.calib, art.spec.preprocessing, cfg.calib_limit)
-    step("load validation pairs")
-    pairs = find_pairs(cfg.val)
-    val = load_pairs(pairs[: cfg.val_limit] if cfg.val_limit else pairs, art.spec.preprocessing)
+    task = task_for(art)
+    for folder in (cfg.val, cfg.tune):
+        if folder is not None:
+            check_layout(task, folder)
+    step("load calibration data")
+    calib = task.load_calib(cfg.calib, cfg.calib_limit)
+    step("load validation data")
+    val = task.load_eval(cfg.val, cfg.val_limit)
     build_variants(art, calib, step)
+    names = [n for n in VARIANTS if n != "openvino-int8-ac"]
+    float_layers: list[str] = []
+    if cfg.tune is not None:
+        step(f"OpenVINO INT8 with accuracy control ({task.primary}, NNCF)")
+        tune = task.load_eval(cfg.tune, cfg.tune_limit)
+        vdir = art.root / VARIANT_DIR
+        _, float_layers = quantize.openvino_int8_accuracy_control(
+            vdir / "model.xml", vdir / VARIANTS["openvino-int8-ac"][2], calib, task, tune, cfg.max_drop)
+        names.append("openvino-int8-ac")
     records = []
-    for name in VARIANTS:
+    for name in names:
         step(f"evaluate {name}")
-        records.append(check_variant(art, name, val, cfg))
-    chosen = apply_gate(records, cfg.max_drop)
+        records.append(check_variant(art, name, task, val, cfg))
+        if name == "openvino-int8-ac":
+            records[-1].float_layers = float_layers
+    chosen = apply_gate(records, task, GateLimits(cfg.max_drop, cfg.max_class_drop))
     for r in records:
         art.upsert_variant(r)
     art.spec.chosen = chosen
-    art.spec.training["optimize"] = {"calib": str(cfg.calib), "val": str(cfg.val), "n_calib": len(calib),
-                                     "n_val": len(val), "max_drop": cfg.max_drop}
+    art.spec.training["optimize"] = {
+        "calib": str(cfg.calib), "val": str(cfg.val), "tune": str(cfg.tune) if cfg.tune else None,
+        "n_calib": len(calib), "n_val": task.count(val), "max_drop": cfg.max_drop,
+        "max_class_drop": cfg.max_class_drop, "primary": task.primary}
     art.save()
     return records

@@ -78,3 +78,50 @@ def openvino_int8(xml_path: str | Path, out_path: str | Path, calib: np.ndarray)
     quantized = nncf.quantize(model, dataset, subset_size=len(calib), preset=nncf.QuantizationPreset.MIXED)
     ov.save_model(quantized, str(out_path), compress_to_fp16=False)
     return Path(out_path)
+
+
+def openvino_int8_accuracy_control(xml_path: str | Path, out_path: str | Path, calib: np.ndarray,
+                                   task, tune_data, max_drop: float) -> tuple[Path, list[str]]:
+    """NNCF INT8 with accuracy control, driven by the task's own medical metric.
+
+    NNCF quantizes, measures ``task.primary`` (Dice, mean AUC) on ``tune_data`` and, while
+    the drop against FP32 exceeds ``max_drop``, returns the most harmful layers to FP32
+    (ranked by how far their outputs move). ``tune_data`` must not be the data the final
+    gate evaluates on. Returns the IR path and the names of the layers left in FP32.
+    """
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(xml_path))
+
+    def validate(compiled, items) -> tuple[float, list[list[np.ndarray]]]:
+        index = [int(i) for i in items]
+        data = task.subset(tune_data, index)
+        outputs = task.outputs(lambda x: compiled(np.ascontiguousarray(x, np.float32))[0], data)
+        metric = task.metrics(outputs, data)[task.primary]
+        # A whole-set metric (AUC) means nothing on one case: NNCF then ranks layers by
+        # how far the outputs move, which the per-case output lists let it do.
+        return float(metric), [[o] for o in outputs]
+
+    calibration = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
+    validation = nncf.Dataset(list(range(task.count(tune_data))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quantized = nncf.quantize_with_accuracy_control(
+            model, calibration, validation, validate, max_drop=max_drop,
+            drop_type=nncf.DropType.ABSOLUTE, subset_size=len(calib),
+            preset=nncf.QuantizationPreset.MIXED)
+    ov.save_model(quantized, str(out_path), compress_to_fp16=False)
+    return Path(out_path), float_layers(quantized)
+
+
+def float_layers(model) -> list[str]:
+    """Names of convolution / matmul layers whose activations are not fed by a FakeQuantize."""
+    out = []
+    for node in model.get_ordered_ops():
+        if node.get_type_name() not in ("Convolution", "GroupConvolution", "MatMul", "ConvolutionBackpropData"):
+            continue
+        src = node.input_value(0).get_node().get_type_name()
+        if src != "FakeQuantize":
+            out.append(node.get_friendly_name())
+    return out

@@ -18,7 +18,7 @@ import numpy as np
 from medinfer.errors import BackendUnavailableError
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "int8", "int8-dynamic")
+PRECISIONS = ("fp32", "int8", "int8-dynamic", "int8-ac")
 
 
 @dataclass(frozen=True)
