@@ -46,8 +46,8 @@ from rich.logging import RichHandler
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "serve"))
-from orthanc import Orthanc  # noqa: E402
-from serve_helpers import free_port, mr_slice  # noqa: E402
+from orthanc import Orthanc
+from serve_helpers import free_port, mr_slice
 
 log = logging.getLogger("serve_bench")
 
@@ -192,7 +192,7 @@ class ServiceRun:
 
     def __enter__(self) -> ServiceRun:
         exe = Path(sys.executable).parent / "medinfer"
-        self.log = open(self.config.parent / "service.log", "wb")  # noqa: SIM115
+        self.log = open(self.config.parent / "service.log", "wb")
         self.proc = subprocess.Popen([str(exe), "serve", "--config", str(self.config)],
                                      stdout=self.log, stderr=subprocess.STDOUT)
         threading.Thread(target=self._sample, daemon=True).start()
@@ -375,7 +375,7 @@ def main() -> None:
     import pynetdicom
 
     result: dict = {
-        "benchmark": "serve", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "benchmark": "serve", "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "memory_gb": round(psutil.virtual_memory().total / 2**30, 1)},

@@ -11,9 +11,9 @@ pytest.importorskip("fastapi")
 pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
 
-from medinfer.serve.config import ServeConfig  # noqa: E402
-from medinfer.serve.ingest import Receiver  # noqa: E402
-from medinfer.serve.store import Store  # noqa: E402
+from medinfer.serve.config import ServeConfig
+from medinfer.serve.ingest import Receiver
+from medinfer.serve.store import Store
 
 
 @pytest.fixture
@@ -39,12 +39,12 @@ def make_config(tmp_path: Path) -> Callable[..., ServeConfig]:
 
 
 @pytest.fixture
-def store(make_config) -> Store:  # noqa: ANN001
+def store(make_config) -> Store:
     s = Store(make_config().db_url)
     yield s
     s.close()
 
 
 @pytest.fixture
-def receiver(make_config, store) -> Receiver:  # noqa: ANN001
+def receiver(make_config, store) -> Receiver:
     return Receiver(make_config(), store)

@@ -41,7 +41,7 @@ class ThresholdPredictor:
 
     calls = 0
 
-    def predict(self, image) -> FakePrediction:  # noqa: ANN001
+    def predict(self, image) -> FakePrediction:
         ThresholdPredictor.calls += 1
         mask = (image.array.mean(axis=0) > image.array.mean()).astype(np.uint8)
         return FakePrediction("segmentation", mask, {1: "lesion"}, seconds={"infer": 0.001})
@@ -50,7 +50,7 @@ class ThresholdPredictor:
 class FindingsPredictor:
     """Classification: two findings with fixed scores."""
 
-    def predict(self, image) -> FakePrediction:  # noqa: ANN001
+    def predict(self, image) -> FakePrediction:
         return FakePrediction("classification", None, {}, {"Effusion": 0.8, "Mass": 0.1},
                               {"Effusion": 0.5, "Mass": 0.5})
 

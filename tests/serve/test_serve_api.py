@@ -13,18 +13,18 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
 from pydicom import dcmread
+from serve_helpers import FindingsPredictor, ThresholdPredictor, make_series, to_bytes
 
 from medinfer.serve.api import create_app
 from medinfer.serve.ingest import Receiver
 from medinfer.serve.models import AuditEvent, Instance
 from medinfer.serve.store import Store
 from medinfer.serve.worker import Worker
-from serve_helpers import FindingsPredictor, ThresholdPredictor, make_series, to_bytes
 
 
 @pytest.fixture
-def service(make_config, store):  # noqa: ANN001, ANN201
-    def build(**kw: object):  # noqa: ANN202
+def service(make_config, store):
+    def build(**kw: object):
         cfg = make_config(**kw)
         receiver = Receiver(cfg, store)
         client = TestClient(create_app(cfg, store, receiver))
@@ -54,7 +54,7 @@ def stow_body(parts: list[bytes], boundary: str = "b0undary") -> tuple[bytes, di
     return body, {"Content-Type": ctype}
 
 
-def test_health_needs_no_token_but_everything_else_does(service) -> None:  # noqa: ANN001
+def test_health_needs_no_token_but_everything_else_does(service) -> None:
     client, tokens, *_ = service()
     assert client.get("/health").json()["status"] == "ok"
     for method, url in [("get", "/api/v1/jobs"), ("get", "/api/v1/jobs/1"), ("get", "/metrics"),
@@ -70,7 +70,7 @@ def test_health_needs_no_token_but_everything_else_does(service) -> None:  # noq
     assert client.get("/api/v1/jobs", headers=auth(tokens["admin"])).status_code == 200
 
 
-def test_png_upload_runs_to_results_with_audit(service, store: Store) -> None:  # noqa: ANN001
+def test_png_upload_runs_to_results_with_audit(service, store: Store) -> None:
     client, tokens, worker, _ = service()
     r = client.post("/api/v1/studies", headers=auth(tokens["submit"]),
                     files={"files": ("polyp.png", png_bytes(), "image/png")})
@@ -95,7 +95,7 @@ def test_png_upload_runs_to_results_with_audit(service, store: Store) -> None:  
     assert ("read-user", "read-job") in actions and ("read-user", "read-result") in actions
 
 
-def test_dicom_upload_makes_seg_and_sc_referencing_the_series(service) -> None:  # noqa: ANN001
+def test_dicom_upload_makes_seg_and_sc_referencing_the_series(service) -> None:
     client, tokens, worker, _ = service()
     series = make_series(3)
     files = [("files", (f"{i}.dcm", to_bytes(ds), "application/dicom")) for i, ds in enumerate(series)]
@@ -115,7 +115,7 @@ def test_dicom_upload_makes_seg_and_sc_referencing_the_series(service) -> None: 
     assert sc.SamplesPerPixel == 3 and sc.StudyInstanceUID == series[0].StudyInstanceUID
 
 
-def test_classification_results_are_sr_and_json(service, make_config, store) -> None:  # noqa: ANN001
+def test_classification_results_are_sr_and_json(service, make_config, store) -> None:
     client, tokens, _, _ = service()
     cfg = make_config()
     worker = Worker(cfg, store, "w", lambda art: FindingsPredictor())
@@ -135,7 +135,7 @@ def test_classification_results_are_sr_and_json(service, make_config, store) -> 
     assert text["scores"] == {"Effusion": 0.8, "Mass": 0.1}
 
 
-def test_bad_uploads_get_clear_errors(service, store: Store) -> None:  # noqa: ANN001
+def test_bad_uploads_get_clear_errors(service, store: Store) -> None:
     client, tokens, *_ = service()
     h = auth(tokens["submit"])
     r = client.post("/api/v1/studies", headers=h,
@@ -152,18 +152,18 @@ def test_bad_uploads_get_clear_errors(service, store: Store) -> None:  # noqa: A
         assert s.query(Instance).count() == 0
 
 
-def test_oversized_uploads_are_refused_with_413(service, store: Store) -> None:  # noqa: ANN001
+def test_oversized_uploads_are_refused_with_413(service, store: Store) -> None:
     client, tokens, *_ = service(http={"max_upload_mb": 0.01})
     big = b"\0" * 20000
     r = client.post("/api/v1/studies", headers=auth(tokens["submit"]),
                     files={"files": ("big.dcm", big, "application/dicom")})
     assert r.status_code == 413 and "larger than 10485 bytes" in r.text
 
-    def chunks():  # noqa: ANN202  (no Content-Length: counted while streaming)
+    def chunks():
         for _ in range(10):
             yield b"x" * 2000
 
-    body, headers = stow_body([b""])
+    _, headers = stow_body([b""])
     r = client.post("/dicom-web/studies", headers={**auth(tokens["submit"]), **headers},
                     content=chunks())
     assert r.status_code == 413
@@ -171,7 +171,7 @@ def test_oversized_uploads_are_refused_with_413(service, store: Store) -> None: 
         assert s.query(Instance).count() == 0
 
 
-def test_stow_rs_stores_instances_and_routes_after_quiet_time(service) -> None:  # noqa: ANN001
+def test_stow_rs_stores_instances_and_routes_after_quiet_time(service) -> None:
     client, tokens, worker, receiver = service()
     series = make_series(3)
     body, headers = stow_body([to_bytes(ds) for ds in series] + [b"garbage"])
@@ -191,7 +191,7 @@ def test_stow_rs_stores_instances_and_routes_after_quiet_time(service) -> None: 
     assert r.status_code == 415
 
 
-def test_inconsistent_geometry_fails_the_job_with_the_reason(service) -> None:  # noqa: ANN001
+def test_inconsistent_geometry_fails_the_job_with_the_reason(service) -> None:
     client, tokens, worker, _ = service()
     series = make_series(3, sizes=[16, 16, 20])
     files = [("files", (f"{i}.dcm", to_bytes(ds), "application/dicom")) for i, ds in enumerate(series)]
@@ -203,7 +203,7 @@ def test_inconsistent_geometry_fails_the_job_with_the_reason(service) -> None:  
     assert job["results"] == []
 
 
-def test_unrouted_study_is_reported_not_dropped(service) -> None:  # noqa: ANN001
+def test_unrouted_study_is_reported_not_dropped(service) -> None:
     client, tokens, *_ = service()
     ct = make_series(1, modality="CT")[0]
     r = client.post("/api/v1/studies", headers=auth(tokens["submit"]),
@@ -215,7 +215,7 @@ def test_unrouted_study_is_reported_not_dropped(service) -> None:  # noqa: ANN00
     assert study.json()["state"] == "unrouted"
 
 
-def test_deidentification_before_storage(service, store: Store) -> None:  # noqa: ANN001
+def test_deidentification_before_storage(service, store: Store) -> None:
     client, tokens, *_ = service(deidentify=True)
     ds = make_series(1)[0]
     ds.add_new(0x00091010, "LO", "private secret")
@@ -232,7 +232,7 @@ def test_deidentification_before_storage(service, store: Store) -> None:  # noqa
     assert "P123" not in Path(path).read_bytes().decode("latin-1")
 
 
-def test_logs_and_paths_carry_no_uids(service, store: Store, caplog) -> None:  # noqa: ANN001
+def test_logs_and_paths_carry_no_uids(service, store: Store, caplog) -> None:
     client, tokens, worker, _ = service()
     caplog.set_level(logging.DEBUG, logger="medinfer")
     series = make_series(2)
@@ -246,7 +246,7 @@ def test_logs_and_paths_carry_no_uids(service, store: Store, caplog) -> None:  #
         assert not any(uid in i.path for i in s.query(Instance) for uid in uids)
 
 
-def test_metrics_and_openapi(service) -> None:  # noqa: ANN001
+def test_metrics_and_openapi(service) -> None:
     client, tokens, worker, _ = service()
     client.post("/api/v1/studies", headers=auth(tokens["submit"]),
                 files={"files": ("a.png", png_bytes(), "image/png")})
@@ -263,7 +263,7 @@ def test_metrics_and_openapi(service) -> None:  # noqa: ANN001
             "/api/v1/results/{result_id}", "/metrics"} <= set(spec["paths"])
 
 
-def test_admin_creates_tokens(service) -> None:  # noqa: ANN001
+def test_admin_creates_tokens(service) -> None:
     client, tokens, *_ = service()
     r = client.post("/api/v1/tokens", headers=auth(tokens["admin"]),
                     json={"name": "pacs-bot", "scopes": ["submit"]})
@@ -274,7 +274,7 @@ def test_admin_creates_tokens(service) -> None:  # noqa: ANN001
     assert client.get("/api/v1/jobs", headers=auth(new)).status_code == 403  # submit only
 
 
-def test_sources_without_type2_patient_attributes_still_get_a_seg(service) -> None:  # noqa: ANN001
+def test_sources_without_type2_patient_attributes_still_get_a_seg(service) -> None:
     client, tokens, worker, _ = service()
     ds = make_series(1)[0]
     for keyword in ("PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName"):
@@ -287,7 +287,7 @@ def test_sources_without_type2_patient_attributes_still_get_a_seg(service) -> No
     assert {"seg", "sc"} <= {res["kind"] for res in job["results"]}
 
 
-def test_nifti_upload_gets_a_nifti_mask(service, tmp_path) -> None:  # noqa: ANN001
+def test_nifti_upload_gets_a_nifti_mask(service, tmp_path) -> None:
     import nibabel as nib
 
     client, tokens, worker, _ = service(routes=[

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image as PILImage
+from serve_helpers import ThresholdPredictor, free_port
 
 from medinfer.serve.api import create_app
 from medinfer.serve.worker import Worker
-from serve_helpers import ThresholdPredictor, free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None,
 
 
 @pytest.fixture
-def live_service(make_config, store):  # noqa: ANN001, ANN201
+def live_service(make_config, store):
     import uvicorn
 
     cfg = make_config()
@@ -42,7 +42,7 @@ def live_service(make_config, store):  # noqa: ANN001, ANN201
     thread.join(10)
 
 
-def test_jobs_list_job_page_with_overlay_and_health(live_service) -> None:  # noqa: ANN001
+def test_jobs_list_job_page_with_overlay_and_health(live_service) -> None:
     cfg, store, app, url = live_service
     token = store.create_token("nurse", ["read", "submit"])
     arr = np.zeros((48, 48, 3), np.uint8)

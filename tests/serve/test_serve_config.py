@@ -65,7 +65,7 @@ def test_relative_paths_resolve_against_the_config_folder(tmp_path: Path) -> Non
     ({"modality": ["mr"], "formats": ["dicom"]}, series("MR"), True),
     ({"modality": ["MR"], "formats": ["nifti"]}, series("MR"), False),
 ])
-def test_routing_rule_conditions(make_config, match: dict, info: SeriesInfo,  # noqa: ANN001
+def test_routing_rule_conditions(make_config, match: dict, info: SeriesInfo,
                                  expected: bool) -> None:
     cfg = make_config(routes=[{"name": "r", "artifact": "/a", "match": match}])
     assert (route_series(cfg.routes, info) is not None) is expected

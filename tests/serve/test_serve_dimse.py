@@ -10,6 +10,7 @@ import pytest
 from pydicom import dcmread
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import MRImageStorage, Verification  # type: ignore[attr-defined]
+from serve_helpers import ThresholdPredictor, free_port, make_series
 
 from medinfer.serve.delivery import deliver_due
 from medinfer.serve.dimse import start_dimse
@@ -17,11 +18,10 @@ from medinfer.serve.ingest import Receiver
 from medinfer.serve.models import AuditEvent, Delivery, Instance, Study
 from medinfer.serve.store import Store
 from medinfer.serve.worker import Worker
-from serve_helpers import ThresholdPredictor, free_port, make_series
 
 
 @pytest.fixture
-def scp(make_config, store: Store):  # noqa: ANN001, ANN201
+def scp(make_config, store: Store):
     cfg = make_config(dicom={"port": free_port(), "allowed_calling_aets": ["MODALITY"]})
     receiver = Receiver(cfg, store)
     server = start_dimse(receiver)
@@ -29,14 +29,14 @@ def scp(make_config, store: Store):  # noqa: ANN001, ANN201
     server.shutdown()
 
 
-def associate(port: int, calling: str, contexts=(Verification, MRImageStorage)):  # noqa: ANN001, ANN201
+def associate(port: int, calling: str, contexts=(Verification, MRImageStorage)):
     ae = AE(ae_title=calling)
     for cx in contexts:
         ae.add_requested_context(cx)
     return ae.associate("127.0.0.1", port, ae_title="MEDINFER")
 
 
-def test_echo_and_store_then_quiet_time_closes_the_study(scp, store: Store) -> None:  # noqa: ANN001
+def test_echo_and_store_then_quiet_time_closes_the_study(scp, store: Store) -> None:
     cfg, receiver = scp
     assoc = associate(cfg.dicom.port, "MODALITY")
     assert assoc.is_established
@@ -59,7 +59,7 @@ def test_echo_and_store_then_quiet_time_closes_the_study(scp, store: Store) -> N
         assert (study.state, study.source, study.sender) == ("complete", "dimse", "MODALITY")
 
 
-def test_unknown_calling_ae_is_rejected_and_audited(scp, store: Store) -> None:  # noqa: ANN001
+def test_unknown_calling_ae_is_rejected_and_audited(scp, store: Store) -> None:
     cfg, _ = scp
     assoc = associate(cfg.dicom.port, "INTRUDER")
     assert assoc.is_rejected and not assoc.is_established
@@ -70,7 +70,7 @@ def test_unknown_calling_ae_is_rejected_and_audited(scp, store: Store) -> None: 
         assert event.actor == "ae:INTRUDER"
 
 
-def test_undecodable_instance_is_refused_with_a_failure_status(scp, store: Store) -> None:  # noqa: ANN001
+def test_undecodable_instance_is_refused_with_a_failure_status(scp, store: Store) -> None:
     cfg, _ = scp
     ds = make_series(1, size=32)[0]
     ds.PixelData = ds.PixelData[:100]  # truncated pixel data
@@ -98,7 +98,7 @@ class FakePacs:
         self.server.shutdown()
 
 
-def test_destination_down_keeps_results_pending_and_resends_later(make_config, store) -> None:  # noqa: ANN001
+def test_destination_down_keeps_results_pending_and_resends_later(make_config, store) -> None:
     port = free_port()
     cfg = make_config(destinations=[{"name": "pacs", "kind": "dimse", "host": "127.0.0.1",
                                      "port": port, "ae_title": "PACS", "results": ["seg"]}],
@@ -130,11 +130,11 @@ def test_destination_down_keeps_results_pending_and_resends_later(make_config, s
     assert deliver_due(cfg, store) == 0  # sent once, not again
 
 
-def test_concurrent_associations_store_everything(scp, store: Store) -> None:  # noqa: ANN001
+def test_concurrent_associations_store_everything(scp, store: Store) -> None:
     cfg, receiver = scp
     studies = [make_series(4) for _ in range(4)]
 
-    def send(series) -> None:  # noqa: ANN001
+    def send(series) -> None:
         assoc = associate(cfg.dicom.port, "MODALITY")
         for ds in series:
             assert assoc.send_c_store(ds).Status == 0

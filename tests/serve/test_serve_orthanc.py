@@ -9,13 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from orthanc import Orthanc, orthanc_binary
+from serve_helpers import MR_SERIES, free_port, make_artifact
 
 from medinfer.serve.config import ServeConfig
 from medinfer.serve.models import Delivery
 from medinfer.serve.service import Service
 from medinfer.serve.worker import Worker
-from orthanc import Orthanc, orthanc_binary
-from serve_helpers import MR_SERIES, free_port, make_artifact
 
 pytestmark = [
     pytest.mark.skipif(orthanc_binary() is None,
@@ -26,14 +26,14 @@ pytestmark = [
 
 
 @pytest.fixture
-def orthanc(tmp_path: Path):  # noqa: ANN201
+def orthanc(tmp_path: Path):
     pacs = Orthanc(tmp_path / "orthanc", free_port(), free_port())
     pacs.start()
     yield pacs
     pacs.stop()
 
 
-def wait_for(check, timeout: float, what: str):  # noqa: ANN001, ANN201
+def wait_for(check, timeout: float, what: str):
     deadline = time.time() + timeout
     while time.time() < deadline:
         value = check()

@@ -27,7 +27,7 @@ def queue_jobs(store: Store, n: int) -> list[int]:
 
 
 @pytest.fixture
-def clocked(tmp_path) -> tuple[Store, Clock]:  # noqa: ANN001
+def clocked(tmp_path) -> tuple[Store, Clock]:
     clock = Clock()
     s = Store(f"sqlite:///{tmp_path / 'db.sqlite'}", clock=clock)
     yield s, clock
@@ -81,7 +81,7 @@ def test_concurrent_workers_lease_each_job_exactly_once(store: Store) -> None:
     assert store.job_counts() == {"done": 12}
 
 
-def test_dead_workers_job_is_taken_over_and_completes_once(clocked) -> None:  # noqa: ANN001
+def test_dead_workers_job_is_taken_over_and_completes_once(clocked) -> None:
     store, clock = clocked
     [job_id] = queue_jobs(store, 1)
     dead = store.lease_job("dead", lease_seconds=10, max_attempts=3)
@@ -99,7 +99,7 @@ def test_dead_workers_job_is_taken_over_and_completes_once(clocked) -> None:  # 
     assert store.delivery_counts() == {"pending": 1}
 
 
-def test_lost_too_often_fails_and_errors_requeue_until_max_attempts(clocked) -> None:  # noqa: ANN001
+def test_lost_too_often_fails_and_errors_requeue_until_max_attempts(clocked) -> None:
     store, clock = clocked
     a, b = queue_jobs(store, 2)
     for _ in range(2):
@@ -124,7 +124,7 @@ def test_input_errors_fail_at_once(store: Store) -> None:
     assert store.fail_attempt(job_id, job.token, "InputError: bad", 3, retryable=False) == "failed"
 
 
-def test_restart_resumes_queued_work(tmp_path) -> None:  # noqa: ANN001
+def test_restart_resumes_queued_work(tmp_path) -> None:
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     first = Store(url)
     jobs = queue_jobs(first, 3)

@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 import yaml
 from pydicom import dcmread
+from serve_helpers import MR_SERIES, make_artifact
 
 from medinfer.serve.config import load_config
 from medinfer.serve.ingest import Receiver
 from medinfer.serve.models import Job, Result
 from medinfer.serve.store import Store
 from medinfer.serve.worker import Worker
-from serve_helpers import MR_SERIES, make_artifact
 
 
 @pytest.fixture(scope="session")
-def mr_artifact(tmp_path_factory) -> Path:  # noqa: ANN001
+def mr_artifact(tmp_path_factory) -> Path:
     return make_artifact(tmp_path_factory.mktemp("art") / "brain-test", dims=3)
 
 
@@ -50,7 +50,7 @@ def queue_mr_study(receiver: Receiver, files: list[Path]) -> int:
     return job
 
 
-def test_mr_series_through_the_real_predictor(tmp_path, mr_artifact, mr_files) -> None:  # noqa: ANN001
+def test_mr_series_through_the_real_predictor(tmp_path, mr_artifact, mr_files) -> None:
     cfg = load_config(write_config(tmp_path, mr_artifact))
     store = Store(cfg.db_url)
     job_id = queue_mr_study(Receiver(cfg, store), mr_files)
@@ -72,7 +72,7 @@ def test_mr_series_through_the_real_predictor(tmp_path, mr_artifact, mr_files) -
 
 
 def test_killed_worker_job_is_retried_and_completed_exactly_once(
-        tmp_path, mr_artifact, mr_files) -> None:  # noqa: ANN001
+        tmp_path, mr_artifact, mr_files) -> None:
     config_path = write_config(tmp_path, mr_artifact)
     cfg = load_config(config_path)
     store = Store(cfg.db_url)

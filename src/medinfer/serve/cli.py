@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -32,10 +32,10 @@ def _load(config: Path, **overrides: object):  # -> ServeConfig
 def serve(
     ctx: typer.Context,
     config: ConfigOpt = Path("config/serve.example.yaml"),
-    host: Annotated[Optional[str], typer.Option(help="HTTP host.")] = None,
-    port: Annotated[Optional[int], typer.Option(help="HTTP port.")] = None,
-    dicom_port: Annotated[Optional[int], typer.Option(help="DICOM port.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Worker processes.")] = None,
+    host: Annotated[str | None, typer.Option(help="HTTP host.")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port.")] = None,
+    dicom_port: Annotated[int | None, typer.Option(help="DICOM port.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
     worker: Annotated[bool, typer.Option("--worker", help="Run one worker only.")] = False,
 ) -> None:
     """Start the service (or, with --worker, one worker process) from CONFIG."""
@@ -64,7 +64,8 @@ def serve(
 def token_create(
     config: ConfigOpt = Path("config/serve.example.yaml"),
     name: Annotated[str, typer.Option(help="Who or what uses the token.")] = "user",
-    scope: Annotated[list[str], typer.Option(help="read | submit | admin (repeatable).")] = ["read"],
+    scope: Annotated[list[str], typer.Option(help="read | submit | admin (repeatable).")] = [
+        "read"],  # noqa: B006  (typer reads the default, never mutates it)
 ) -> None:
     """Create an API token; prints it once (only its hash is stored)."""
     from medinfer.serve.store import Store

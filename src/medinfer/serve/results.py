@@ -81,7 +81,8 @@ def _frames(mask: np.ndarray, n_sources: int) -> np.ndarray:
 
 
 def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, str],
-              out: Path, algorithm: str, version: str, series_number: int = 900) -> tuple[Path, str]:
+              out: Path, algorithm: str, version: str,
+              series_number: int = 900) -> tuple[Path, str]:
     """Write a binary DICOM SEG with one segment per label value.
 
     Args:

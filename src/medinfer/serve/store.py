@@ -35,10 +35,10 @@ from medinfer.serve.models import (
 )
 
 __all__ = [
+    "SCOPES",
     "InstanceInfo",
     "LeasedJob",
     "ResultFile",
-    "SCOPES",
     "SeriesInfo",
     "Store",
     "hash_token",
@@ -367,7 +367,8 @@ class Store:
     def job_counts(self) -> dict[str, int]:
         """Number of jobs per state."""
         with self.session() as s:
-            return {st: n for st, n in s.execute(select(Job.state, func.count()).group_by(Job.state))}
+            rows = s.execute(select(Job.state, func.count()).group_by(Job.state))
+            return {st: n for st, n in rows}
 
     def delivery_counts(self) -> dict[str, int]:
         with self.session() as s:

@@ -113,7 +113,8 @@ class Worker:
         finally:
             stop.set()
             beat.join()
-        dests = {k: [d.name for d in cfg.destinations if k in d.results] for k in ("seg", "sr", "sc")}
+        dests = {k: [d.name for d in cfg.destinations if k in d.results]
+                 for k in ("seg", "sr", "sc")}
         if self.store.complete_job(job.id, job.token, results, dests, seconds, summary):
             log.info("job done", extra={"job": job.id, "seconds": seconds})
         else:
