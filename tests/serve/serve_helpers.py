@@ -105,16 +105,23 @@ def to_bytes(ds: Dataset) -> bytes:
     return buf.getvalue()
 
 
-def make_artifact(root: Path, dims: int = 3) -> Path:
-    """A tiny random-weight segmentation artifact: ``test_unet3d`` (1-channel MR volumes,
-    sliding window 160x136x24) or ``test_resunet`` (RGB pictures, 32x32)."""
+def make_artifact(root: Path, dims: int = 3, task: str = "segmentation") -> Path:
+    """A tiny random-weight artifact: ``test_unet3d`` (1-channel MR volumes, sliding window
+    160x136x24), ``test_resunet`` (RGB pictures, 32x32), or with ``task="classification"``
+    ``test_densenet`` (3 findings, 32x32)."""
     import torch
 
     from medinfer.artifact import ArtifactSpec, InputSpec, ModelArtifact
     from medinfer.data.spec import Preprocessing
 
     torch.manual_seed(0)
-    if dims == 3:
+    if task == "classification":
+        spec = ArtifactSpec(architecture="test_densenet", task="classification", in_channels=3,
+                            out_channels=3, input=InputSpec(channels=3, spatial=(32, 32)),
+                            preprocessing=Preprocessing(size=(32, 32)),
+                            classes=["Effusion", "Mass", "Nodule"],
+                            thresholds={"Effusion": 0.5, "Mass": 0.3, "Nodule": 0.7})
+    elif dims == 3:
         spec = ArtifactSpec(architecture="test_unet3d", in_channels=1, out_channels=1,
                             input=InputSpec(channels=1, spatial=(160, 136, 24)),
                             preprocessing=Preprocessing(size=(160, 136, 24), channels=1, mean=(0.0,), overlap=0.0,

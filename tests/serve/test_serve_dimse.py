@@ -149,3 +149,34 @@ def test_concurrent_associations_store_everything(scp, store: Store) -> None:
     assert len(receiver.close_quiet_studies()) == 4
     with store.session() as s:
         assert s.query(Instance).count() == 16
+
+
+def test_service_restart_loses_nothing_received(make_config) -> None:  # noqa: ANN001
+    from medinfer.serve.service import Service
+
+    cfg = make_config(quiet_seconds=1.0, workers=0,
+                      dicom={"port": free_port(), "allowed_calling_aets": ["MODALITY"]})
+    first = Service(cfg, tick_seconds=0.05)
+    first.start_background()
+    assoc = associate(cfg.dicom.port, "MODALITY")
+    series = make_series(3)
+    assert all(assoc.send_c_store(ds).Status == 0 for ds in series)
+    assoc.release()
+    first.stop()  # stopped before the study's quiet time ended: nothing routed yet
+    check = Store(cfg.db_url)
+    assert check.job_counts() == {}
+    second = Service(cfg, tick_seconds=0.05)
+    second.start_background()
+    try:
+        deadline = time.time() + 10
+        while not check.job_counts() and time.time() < deadline:
+            time.sleep(0.05)
+        assert check.job_counts() == {"queued": 1}  # the new instance closed the old study
+        assert Worker(cfg, check, "w", lambda a: ThresholdPredictor()).run_once()
+        with check.session() as s:
+            assert s.query(Instance).count() == 3
+            assert s.query(Study).one().state == "complete"
+    finally:
+        second.stop()
+        check.close()
+    assert check.job_counts() == {"done": 1}

@@ -106,3 +106,58 @@ def test_storescu_to_medinfer_to_orthanc_seg(tmp_path: Path, orthanc: Orthanc) -
         stop.set()
         thread.join(30)
         service.stop()
+
+
+def test_pacs_down_then_back_gets_the_classification_sr(tmp_path: Path) -> None:
+    """Results wait (pending, retried with backoff) while the PACS is down and arrive once
+    it is up; the SR references the source series."""
+    from pydicom import dcmread
+
+    from medinfer.serve.delivery import deliver_due
+    from medinfer.serve.ingest import Receiver
+    from medinfer.serve.store import Store
+    from serve_helpers import make_series
+
+    artifact = make_artifact(tmp_path / "cxr-test", dims=2, task="classification")
+    pacs = Orthanc(tmp_path / "orthanc", free_port(), free_port())
+    cfg = ServeConfig.model_validate({
+        "storage": tmp_path / "storage", "log_format": "text", "delivery_retry_seconds": 0.2,
+        "delivery_retry_max_seconds": 0.5,
+        "routes": [{"name": "cxr", "artifact": str(artifact), "match": {"modality": ["DX"]}}],
+        "destinations": [{"name": "orthanc", "kind": "dimse", "host": "127.0.0.1",
+                          "port": pacs.dicom_port, "ae_title": pacs.ae_title,
+                          "results": ["sr"]}]})
+    store = Store(cfg.db_url)
+    receiver = Receiver(cfg, store)
+    source = make_series(1, size=64, modality="DX")[0]
+    receiver.close_study(receiver.accept_dataset(source, "dimse", "MODALITY"))
+    assert Worker(cfg, store, "w").run_once()
+    for _ in range(3):  # PACS down: every attempt fails, the delivery stays pending
+        deliver_due(cfg, store)
+        time.sleep(0.25)
+    with store.session() as s:
+        d = s.query(Delivery).one()
+        assert d.state == "pending" and d.attempts >= 2
+    pacs.start()
+    try:
+        wait_for(lambda: deliver_due(cfg, store) or store.delivery_counts().get("sent"), 20,
+                 "the SR delivered")
+        [sr] = pacs.find(Modality="SR")
+        tags = pacs.get(f"/instances/{sr['ID']}/tags?simplify")
+        assert tags["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.88.33"
+        evidence = tags["CurrentRequestedProcedureEvidenceSequence"][0]
+        assert evidence["ReferencedSeriesSequence"][0]["SeriesInstanceUID"] == \
+            source.SeriesInstanceUID
+        assert tags["StudyInstanceUID"] == source.StudyInstanceUID
+        with store.session() as s:
+            path = s.query(Delivery).one().result_id
+        from medinfer.serve.models import Result
+
+        with store.session() as s:
+            stored = dcmread(s.get(Result, path).path)
+        groups = [item for item in stored.ContentSequence
+                  if item.ConceptNameCodeSequence[0].CodeMeaning == "Imaging Measurements"]
+        assert len(groups[0].ContentSequence) == 3  # one measurement group per finding
+    finally:
+        pacs.stop()
+        store.close()
