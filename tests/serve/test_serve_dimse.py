@@ -57,6 +57,8 @@ def test_echo_and_store_then_quiet_time_closes_the_study(scp, store: Store) -> N
     with store.session() as s:
         study = s.query(Study).one()
         assert (study.state, study.source, study.sender) == ("complete", "dimse", "MODALITY")
+        audit = s.query(AuditEvent).filter_by(action="receive").one()
+        assert (audit.actor, audit.target) == ("ae:MODALITY", f"study:{study.id}")
 
 
 def test_unknown_calling_ae_is_rejected_and_audited(scp, store: Store) -> None:

@@ -164,9 +164,18 @@ class Receiver:
 
     def close_study(self, study_id: int) -> list[int]:
         """Route a study's series and queue jobs (see :meth:`Store.finalize_study`)."""
+        from medinfer.serve.models import Study
+
         jobs = self.store.finalize_study(study_id,
                                          lambda s: route_series(self.config.routes, s))
-        log.info("study complete", extra={"study_id": study_id, "jobs": jobs})
+        with self.store.session() as s:
+            study = s.get(Study, study_id)
+            source, sender, state = study.source, study.sender, study.state
+        if source != "upload":  # REST uploads are audited by the API with the token's name
+            actor = f"ae:{sender}" if source == "dimse" else sender
+            self.store.audit(actor, "receive", f"study:{study_id}",
+                             f"{source}, {state}, jobs {jobs}")
+        log.info("study complete", extra={"study_id": study_id, "jobs": jobs, "state": state})
         return jobs
 
     def close_quiet_studies(self) -> list[int]:
