@@ -46,7 +46,7 @@ from rich.logging import RichHandler
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "serve"))
-from orthanc import Orthanc
+from orthanc_pacs import Orthanc
 from serve_helpers import free_port, mr_slice
 
 log = logging.getLogger("serve_bench")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from orthanc import Orthanc, orthanc_binary
+from orthanc_pacs import Orthanc, orthanc_binary
 from serve_helpers import MR_SERIES, free_port, make_artifact
 
 from medinfer.serve.config import ServeConfig
