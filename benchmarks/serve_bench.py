@@ -52,7 +52,8 @@ from serve_helpers import free_port, mr_slice
 log = logging.getLogger("serve_bench")
 
 
-def bench_seg(shape: tuple[int, int, int] = (512, 512, 300), n_segments: int = 5) -> dict:
+def bench_seg(shape: tuple[int, int, int] = (512, 512, 300), n_segments: int = 5,
+              labelmap: bool = False) -> dict:
     """Seconds to write a binary SEG for a ``shape`` label map with ``n_segments`` labels."""
     from medinfer.serve.results import write_seg
 
@@ -69,12 +70,13 @@ def bench_seg(shape: tuple[int, int, int] = (512, 512, 300), n_segments: int = 5
     out = Path("runs/bench-serve/seg.dcm")
     t0 = time.perf_counter()
     path, _ = write_seg(sources, mask, {v: f"segment {v}" for v in range(1, n_segments + 1)},
-                        out, "bench", "1")
+                        out, "bench", "1", labelmap=labelmap)
     seconds = time.perf_counter() - t0
     from pydicom import dcmread
 
     frames = int(dcmread(path, stop_before_pixels=True).NumberOfFrames)
-    return {"shape": list(shape), "segments": n_segments, "seconds": round(seconds, 3),
+    return {"shape": list(shape), "segments": n_segments,
+            "type": "LABELMAP" if labelmap else "BINARY", "seconds": round(seconds, 3),
             "frames_written": frames, "file_mb": round(path.stat().st_size / 2**20, 2)}
 
 
@@ -386,7 +388,8 @@ def main() -> None:
     }
     if not args.skip_seg:
         result["seg"] = bench_seg()
-        log.info("seg %s", result["seg"])
+        result["seg_labelmap"] = bench_seg(labelmap=True)
+        log.info("seg %s / %s", result["seg"], result["seg_labelmap"])
     jpegs = sorted(args.data.glob("*.jpg"))[:64]
     result["e2e"] = run_service_bench(args.work, jpegs, {1: args.studies_1, 8: args.studies_8},
                                       args.soak, args.kill_every, args.quiet, args.workers)

@@ -307,3 +307,15 @@ def test_nifti_upload_gets_a_nifti_mask(service, tmp_path) -> None:
     out.write_bytes(client.get(url, headers=auth(tokens["read"])).content)
     mask = np.asarray(nib.load(out).dataobj)
     assert mask.shape == (12, 10, 6) and int(mask.sum()) == 6 * 4 * 4
+
+
+def test_labelmap_seg_when_configured(service) -> None:  # noqa: ANN001
+    client, tokens, worker, _ = service(seg_type="labelmap")
+    files = [("files", (f"{i}.dcm", to_bytes(ds), "application/dicom"))
+             for i, ds in enumerate(make_series(2))]
+    r = client.post("/api/v1/studies", headers=auth(tokens["submit"]), files=files)
+    assert worker.run_once()
+    job = client.get(f"/api/v1/jobs/{r.json()['jobs'][0]}", headers=auth(tokens["read"])).json()
+    url = {res["kind"]: res["url"] for res in job["results"]}["seg"]
+    seg = dcmread(io.BytesIO(client.get(url, headers=auth(tokens["read"])).content))
+    assert seg.SegmentationType == "LABELMAP"

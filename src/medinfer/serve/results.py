@@ -81,9 +81,9 @@ def _frames(mask: np.ndarray, n_sources: int) -> np.ndarray:
 
 
 def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, str],
-              out: Path, algorithm: str, version: str,
-              series_number: int = 900) -> tuple[Path, str]:
-    """Write a binary DICOM SEG with one segment per label value.
+              out: Path, algorithm: str, version: str, series_number: int = 900,
+              labelmap: bool = False) -> tuple[Path, str]:
+    """Write a DICOM SEG with one segment per label value.
 
     Args:
         sources: the source instances, sorted with :func:`sort_series`.
@@ -92,6 +92,9 @@ def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, 
         out: file to write.
         algorithm: algorithm name recorded in the SEG (the artifact).
         version: algorithm version (the variant).
+        labelmap: write a LABELMAP SEG (one frame per slice holding every segment; DICOM
+            2024, fewer viewers read it) instead of a BINARY one (one frame per segment
+            and slice, read everywhere).
 
     Returns:
         (path, SOP Instance UID).
@@ -119,7 +122,8 @@ def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, 
     uid = hd.UID()
     seg = hd.seg.Segmentation(
         source_images=list(sources), pixel_array=pixels,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segmentation_type=(hd.seg.SegmentationTypeValues.LABELMAP if labelmap
+                           else hd.seg.SegmentationTypeValues.BINARY),
         segment_descriptions=descriptions, series_instance_uid=hd.UID(),
         series_number=series_number, sop_instance_uid=uid, instance_number=1,
         manufacturer=MANUFACTURER, manufacturer_model_name=algorithm[:64],

@@ -134,7 +134,8 @@ class Worker:
         pred = self.predictor(job.artifact).predict(image)
         t2 = time.perf_counter()
         out = self.config.storage / "results" / str(job.id) / job.token
-        results = write_results(pred, image, sources, out, job)
+        results = write_results(pred, image, sources, out, job,
+                                labelmap=self.config.seg_type == "labelmap")
         t3 = time.perf_counter()
         seconds = {"read": t1 - t0, "predict": t2 - t1, "write": t3 - t2}
         seconds.update({f"model_{k}": v for k, v in getattr(pred, "seconds", {}).items()})
@@ -180,8 +181,8 @@ def summarize(pred: Any) -> dict[str, object]:
     return out
 
 
-def write_results(pred: Any, image: Any, sources: list[Any], out: Path,
-                  job: LeasedJob) -> list[ResultFile]:
+def write_results(pred: Any, image: Any, sources: list[Any], out: Path, job: LeasedJob,
+                  labelmap: bool = False) -> list[ResultFile]:
     """Write the DICOM (SEG or SR, plus SC) and picture/JSON results of one prediction."""
     from medinfer.io import write_mask_nifti, write_mask_png
     from medinfer.serve import results as R
@@ -196,7 +197,8 @@ def write_results(pred: Any, image: Any, sources: list[Any], out: Path,
     files.append(ResultFile("overlay", str(R.write_png(picture, out / "overlay.png")), "image/png"))
     if sources:
         if mask is not None and any(v > 0 for v in pred.segments):
-            p, uid = R.write_seg(sources, mask, pred.segments, out / "seg.dcm", name, pred.variant)
+            p, uid = R.write_seg(sources, mask, pred.segments, out / "seg.dcm", name, pred.variant,
+                                 labelmap=labelmap)
             files.append(ResultFile("seg", str(p), "application/dicom", uid))
         if pred.scores:
             p, uid = R.write_sr(sources, pred.scores, pred.thresholds, out / "sr.dcm", name,
