@@ -243,6 +243,37 @@ def _print_variants(records, chosen: str | None) -> None:
     _wide().print(f"chosen: [bold]{chosen or 'none passed'}[/bold]")
 
 
+def _bench_end_to_end(model: Path, variants: str | None, inputs: list[Path], threads: int,
+                      json_out: Path | None, markdown: Path | None) -> None:
+    from rich.progress import Progress
+
+    from medinfer.apps.e2e import end_to_end, speedups
+    from medinfer.report.tables import e2e_markdown, e2e_table
+    from medinfer.runtime import EngineOptions
+    from medinfer.runtime.bench import machine_info, versions
+
+    try:
+        if not inputs:
+            raise MedinferError("--end-to-end needs input files to predict (e.g. a few images or volumes)")
+        art = _load_artifact(model)
+        names = variants.split(",") if variants else list(dict.fromkeys(["torch-fp32", art.spec.chosen or "torch-fp32"]))
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("end to end", total=len(names) * len(inputs))
+            rows = end_to_end(art, names, inputs, EngineOptions(threads=threads), on_input=lambda: bar.advance(task))
+    except MedinferError as exc:
+        raise _fail(exc) from exc
+    table = speedups(rows)
+    _wide().print(e2e_table(table))
+    payload = {"artifact": str(model), "command": "medinfer " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+               "machine": machine_info(), "versions": versions(), "threads": threads,
+               "inputs": [str(p) for p in inputs], "variants": table}
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(payload, indent=2) + "\n")
+    if markdown:
+        markdown.write_text(e2e_markdown(table) + "\n")
+
+
 @app.command()
 def bench(
     model: Annotated[Path, typer.Option(help="Optimized model artifact folder.")],
@@ -255,12 +286,21 @@ def bench(
     runs_single: int = 30,
     requests: int = 64,
     rounds: Annotated[int, typer.Option(help="Interleaved rounds over all variants; medians over rounds.")] = 1,
+    end_to_end: Annotated[bool, typer.Option("--end-to-end", help="Time read/preprocess/infer/postprocess/write on INPUTS.")] = False,
+    inputs: Annotated[Optional[list[Path]], typer.Argument(help="--end-to-end: image/volume files to predict.")] = None,
 ) -> None:
-    """Measure variants side by side, each in its own process: latency, throughput, memory."""
+    """Measure variants side by side, each in its own process: latency, throughput, memory.
+
+    With ``--end-to-end``, time every stage of whole predictions on real files instead,
+    so the model's speed-up is shown next to the whole request's.
+    """
     from medinfer.report.tables import ladder_markdown, ladder_table
     from medinfer.runtime.bench import DEFAULT_VARIANTS, run_bench
     from medinfer.runtime.measure import MeasureSettings
 
+    if end_to_end:
+        _bench_end_to_end(model, variants, inputs or [], threads, json_out, markdown)
+        return
     names = tuple(variants.split(",")) if variants else DEFAULT_VARIANTS
     settings = MeasureSettings(threads=threads, in_flight=in_flight, runs_batch=runs_batch,
                                runs_single=runs_single, requests=requests)
@@ -300,6 +340,45 @@ def report(
     except MedinferError as exc:
         raise _fail(exc) from exc
     console.print(f"report: {path}")
+
+
+
+@app.command()
+def explain(
+    inputs: Annotated[Optional[list[Path]], typer.Argument(help="Image files to explain.")] = None,
+    model: Annotated[Path, typer.Option(help="Classification model artifact folder.")] = ...,
+    out: Annotated[Path, typer.Option(help="Output folder (heat-map PNGs, one JSON per input).")] = ...,
+    top: Annotated[int, typer.Option(help="Explain this many most probable findings (and all above threshold).")] = 3,
+    k: Annotated[int, typer.Option(help="Nearest training images per distance.")] = 5,
+    train_data: Annotated[Optional[Path], typer.Option(help="Training images (labeled folder) if the artifact's recorded ones are not readable.")] = None,
+    false_positives: Annotated[Optional[Path], typer.Option(help="Labeled folder: also write OUT/false_positives.html for its most confident false positives.")] = None,
+    fp_count: Annotated[int, typer.Option(help="False positives shown.")] = 4,
+    gradcam_layer: Annotated[str, typer.Option(help="Network submodule Grad-CAM explains; features.denseblock3 doubles the resolution of the default.")] = "features",
+    threads: int = 2,
+) -> None:
+    """Grad-CAM and LRP heat-maps per finding, and the nearest training images (Euclidean, cosine, Mahalanobis)."""
+    import torch
+
+    from medinfer.apps.explain import explain_files
+    from medinfer.report.explain import false_positive_report
+
+    if not inputs and false_positives is None:
+        raise _fail(MedinferError("give image files to explain, or --false-positives DATA_DIR"))
+    torch.set_num_threads(threads)
+    try:
+        art = _load_artifact(model)
+        if inputs:
+            run = explain_files(art, inputs, out, top, k, train_data, gradcam_layer)
+            console.print(f"explained {len(run.written)} of {len(inputs)} inputs into {out}"
+                          + (f" ({len(run.kept)} kept from before)" if run.kept else ""))
+        if false_positives is not None:
+            page = false_positive_report(art, false_positives, out / "false_positives.html", fp_count, k,
+                                         train_data, gradcam_layer)
+            console.print(f"false positives: {page}")
+    except MedinferError as exc:
+        raise _fail(exc) from exc
+    if inputs and run.errors:
+        raise typer.Exit(code=1)
 
 
 @app.command()

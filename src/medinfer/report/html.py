@@ -11,7 +11,7 @@ import jinja2
 import numpy as np
 
 from medinfer.artifact import ModelArtifact
-from medinfer.report.tables import COLUMNS, ladder_rows
+from medinfer.report.tables import columns, ladder_rows
 from medinfer.runtime.bench import BenchmarkResult
 
 
@@ -129,7 +129,7 @@ def render_report(bench: BenchmarkResult, art: ModelArtifact, overlays: list[Ove
             f"Command: {t.get('command', '')}")
     opt = t.get("optimize") or {}
     html = env.get_template("report.html").render(
-        title=art.root.name, bench=bench, ref=ref, columns=COLUMNS, rows=ladder_rows(bench),
+        title=art.root.name, bench=bench, ref=ref, columns=columns(bench), rows=ladder_rows(bench),
         ladder_png=ladder_chart(bench), curve_png=learning_curve(art), training_note=note,
         overlays=overlays, fp32_name=fp32_name, int8_name=int8_name,
         max_drop=max_drop if max_drop is not None else opt.get("max_drop", "?"),

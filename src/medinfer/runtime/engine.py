@@ -18,7 +18,8 @@ import numpy as np
 from medinfer.errors import BackendUnavailableError
 
 BACKENDS = ("torch", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "int8", "int8-dynamic", "int8-ac")
+PRECISIONS = ("fp32", "int8", "int8-dynamic", "int8-ac", "bf16")
+DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -29,11 +30,28 @@ class EngineOptions:
         threads: compute threads the backend may use (intra-op).
         in_flight: concurrent requests for :meth:`Engine.infer_many`.
         static_batch: fix the batch size at load (OpenVINO compiles a static graph: faster).
+        device: ``cpu`` or ``cuda`` (ONNX Runtime's TensorRT / CUDA providers, torch on the GPU).
+        pin_threads: pin compute threads to cores (OpenVINO CPU pinning, ONNX Runtime intra-op
+            affinities, torch: the process's CPU affinity) so a shared machine's scheduler does
+            not migrate them.
+        channels_last: torch only: NHWC memory format (faster convolutions on GPUs and oneDNN).
     """
 
     threads: int = 2
     in_flight: int = 1
     static_batch: int | None = None
+    device: str = "cpu"
+    pin_threads: bool = False
+    channels_last: bool = False
+
+
+def cuda_available() -> bool:
+    """Whether a CUDA device can be used by torch (the GPU paths' precondition)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 class Engine(abc.ABC):

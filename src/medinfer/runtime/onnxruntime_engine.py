@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medinfer.errors import InputError
+from medinfer.errors import BackendUnavailableError, InputError
 from medinfer.runtime.engine import Engine, EngineOptions, register_engine
 
 
@@ -33,8 +33,14 @@ class OnnxRuntimeEngine(Engine):
         so.intra_op_num_threads = per_request if options.in_flight > 1 else options.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if options.pin_threads and so.intra_op_num_threads > 1:
+            # One entry per extra intra-op thread (the caller's thread is the first);
+            # ORT numbers logical processors from 1.
+            so.add_session_config_entry("session.intra_op_thread_affinities",
+                                        ";".join(str(i + 1) for i in range(1, so.intra_op_num_threads)))
+        providers = _providers(options.device, ort.get_available_providers())
         try:
-            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(path), so, providers=providers)
         except Exception as exc:  # ORT raises its own untyped errors on bad files
             raise InputError(path, f"ONNX Runtime cannot load this model: {exc}") from exc
         self.input_name = self.session.get_inputs()[0].name
@@ -47,3 +53,19 @@ class OnnxRuntimeEngine(Engine):
             return [self.infer(b) for b in batches]
         with ThreadPoolExecutor(self.options.in_flight) as pool:
             return list(pool.map(self.infer, batches))
+
+
+def _providers(device: str, available: list[str]) -> list[str]:
+    """Execution providers for ``device``: TensorRT, then CUDA, then CPU as fallback on GPUs.
+
+    Raises:
+        BackendUnavailableError: ``cuda`` asked for but this ONNX Runtime build has no CUDA provider.
+    """
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    gpu = [p for p in ("TensorrtExecutionProvider", "CUDAExecutionProvider") if p in available]
+    if "CUDAExecutionProvider" not in gpu:
+        raise BackendUnavailableError(
+            f"device {device!r}: this onnxruntime has no CUDA provider (has {', '.join(available)}); "
+            "install onnxruntime-gpu on a GPU machine")
+    return [*gpu, "CPUExecutionProvider"]

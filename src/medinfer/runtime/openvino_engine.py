@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medinfer.errors import InputError
+from medinfer.errors import BackendUnavailableError, InputError
 from medinfer.runtime.engine import Engine, EngineOptions, register_engine
 
 
@@ -35,8 +35,11 @@ class OpenVINOEngine(Engine):
             shape = list(model.input(0).get_partial_shape())
             shape[0] = options.static_batch
             model.reshape({model.input(0).get_any_name(): ov.PartialShape(shape)})
+        if options.device != "cpu":
+            raise BackendUnavailableError(f"OpenVINO engine runs on the CPU here, not {options.device!r}")
         config: dict[str, object] = {"INFERENCE_NUM_THREADS": options.threads,
-                                     "INFERENCE_PRECISION_HINT": "f32"}
+                                     "INFERENCE_PRECISION_HINT": "f32",
+                                     "ENABLE_CPU_PINNING": options.pin_threads}
         if options.in_flight > 1:
             config.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": options.in_flight})
         else:
