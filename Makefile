@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # keeps every later resolution from reaching for a CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test serve install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q $(TORCH)
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e . $(TORCH)
+	$(BIN)/pip install -q -e ".[serve]" $(TORCH)
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
@@ -26,6 +26,10 @@ install-test: $(VENV)/.installed-test
 
 demo: install
 	$(BIN)/medinfer demo
+
+# The DICOM inference service with the shipped models, SQLite under runs/serve.
+serve: install
+	$(BIN)/medinfer serve --config config/serve.example.yaml
 
 test: install-test
 	$(BIN)/python -m pytest -q

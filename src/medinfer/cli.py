@@ -398,3 +398,9 @@ def demo(
         run_demo(cfg, console)
     except MedinferError as exc:
         raise _fail(exc) from exc
+
+
+# `medinfer serve ...`: the DICOM inference service (imports its libraries only when run).
+from medinfer.serve.cli import serve_app  # noqa: E402
+
+app.add_typer(serve_app, name="serve")

@@ -1,0 +1,307 @@
+"""The REST API, STOW-RS endpoint and metrics (FastAPI; OpenAPI at ``/docs`` and ``/openapi.json``).
+
+Every route but ``/health`` (and the web page's login form) needs an API token with
+the right scope; every submission and every read of a job or result is written to
+the audit trail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel
+from sqlalchemy import select
+
+from medinfer.errors import InputError
+from medinfer.serve.asgi import AccessLog, BodySizeLimit
+from medinfer.serve.auth import Principal, require
+from medinfer.serve.config import ServeConfig
+from medinfer.serve.ingest import Receiver, check_pixels, detect_format, read_dicom_bytes
+from medinfer.serve.metrics import render_metrics
+from medinfer.serve.models import Delivery, Job, Result, Study
+from medinfer.serve.store import Store
+from medinfer.serve.stow import boundary_of, split_multipart
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+Reader = Annotated[Principal, Depends(require("read"))]
+Submitter = Annotated[Principal, Depends(require("submit"))]
+Admin = Annotated[Principal, Depends(require("admin"))]
+
+
+class ResultOut(BaseModel):
+    id: int
+    kind: str
+    media_type: str
+    url: str
+
+
+class DeliveryOut(BaseModel):
+    destination: str
+    kind: str
+    state: str
+    attempts: int
+    error: str
+
+
+class JobOut(BaseModel):
+    id: int
+    study_id: int
+    route: str
+    state: str
+    attempts: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    seconds: dict[str, float]
+    summary: dict[str, object]
+    error: str
+    results: list[ResultOut] = []
+    deliveries: list[DeliveryOut] = []
+
+
+class StudyOut(BaseModel):
+    id: int
+    source: str
+    state: str
+    note: str
+    jobs: list[int]
+
+
+class SubmitOut(BaseModel):
+    study_id: int
+    state: str
+    jobs: list[int]
+    note: str
+
+
+class HealthOut(BaseModel):
+    status: str
+    database: str
+    dicom: str
+    jobs: dict[str, int]
+    deliveries: dict[str, int]
+
+
+class TokenIn(BaseModel):
+    name: str
+    scopes: list[str]
+
+
+class TokenOut(BaseModel):
+    name: str
+    scopes: list[str]
+    token: str
+
+
+def _job_out(store: Store, job: Job, full: bool) -> JobOut:
+    out = JobOut(id=job.id, study_id=job.study_id, route=job.route, state=job.state,
+                 attempts=job.attempts, created_at=job.created_at, started_at=job.started_at,
+                 finished_at=job.finished_at, seconds=job.seconds or {},
+                 summary=job.summary or {}, error=job.error)
+    if full:
+        with store.session() as s:
+            results = list(s.scalars(select(Result).where(Result.job_id == job.id)))
+            out.results = [ResultOut(id=r.id, kind=r.kind, media_type=r.media_type,
+                                     url=f"/api/v1/results/{r.id}") for r in results]
+            kinds = {r.id: r.kind for r in results}
+            out.deliveries = [DeliveryOut(destination=d.destination, kind=kinds[d.result_id],
+                                          state=d.state, attempts=d.attempts, error=d.error)
+                              for d in s.scalars(select(Delivery).where(
+                                  Delivery.result_id.in_(kinds)))]
+    return out
+
+
+def _study_out(store: Store, study_id: int) -> StudyOut:
+    with store.session() as s:
+        study = s.get(Study, study_id)
+        if study is None:
+            raise HTTPException(404, f"no study {study_id}")
+        jobs = list(s.scalars(select(Job.id).where(Job.study_id == study_id)))
+        return StudyOut(id=study.id, source=study.source, state=study.state, note=study.note,
+                        jobs=jobs)
+
+
+def create_app(config: ServeConfig, store: Store, receiver: Receiver | None = None,
+               dicom_status: str = "disabled") -> FastAPI:
+    """The service's ASGI app (REST + STOW-RS + metrics + web page).
+
+    Args:
+        config: the service config.
+        store: the job store.
+        receiver: stores uploads (built from ``config``/``store`` when None).
+        dicom_status: shown by ``/health`` (e.g. ``"MEDINFER@11112"``).
+    """
+    from medinfer.serve.web import router as web_router
+
+    receiver = receiver or Receiver(config, store)
+    app = FastAPI(title="medinfer serve", version="1",
+                  description="DICOM-native inference: submit studies, follow jobs, "
+                              "download DICOM SEG / SR / Secondary Capture results.")
+    app.state.store, app.state.config, app.state.receiver = store, config, receiver
+
+    @app.get("/health", response_model=HealthOut, tags=["service"])
+    def health() -> HealthOut:
+        """Service health (no token needed)."""
+        try:
+            jobs, deliveries, db = store.job_counts(), store.delivery_counts(), "ok"
+        except Exception as exc:  # the database is what health is about
+            jobs, deliveries, db = {}, {}, f"error: {type(exc).__name__}"
+        return HealthOut(status="ok" if db == "ok" else "degraded", database=db,
+                         dicom=dicom_status, jobs=jobs, deliveries=deliveries)
+
+    @app.post("/api/v1/studies", response_model=SubmitOut, status_code=202, tags=["jobs"])
+    async def submit(who: Submitter, files: Annotated[list[UploadFile], File()],
+                     modality: Annotated[str, Form()] = "") -> SubmitOut:
+        """Submit one study: DICOM files of one study, or one PNG/JPEG/NIfTI image.
+
+        The study is routed at once; the answer names the jobs created (none when no
+        routing rule matched: ``state`` is then ``unrouted`` and ``note`` says why).
+        """
+        payloads = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
+        try:
+            study_id = await asyncio.to_thread(_accept_upload, receiver, payloads, who.name,
+                                               modality)
+        except InputError as exc:
+            store.audit(who.name, "submit-refused", "", str(exc))
+            raise HTTPException(400, str(exc)) from exc
+        jobs = await asyncio.to_thread(receiver.close_study, study_id)
+        store.audit(who.name, "submit", f"study:{study_id}", f"{len(payloads)} files, jobs {jobs}")
+        study = _study_out(store, study_id)
+        return SubmitOut(study_id=study_id, state=study.state, jobs=jobs, note=study.note)
+
+    @app.post("/dicom-web/studies", tags=["dicomweb"])
+    async def stow(who: Submitter, request: Request) -> JSONResponse:
+        """STOW-RS: ``multipart/related; type="application/dicom"``, one instance per part.
+
+        Instances join their study like DIMSE ones: it is routed after ``quiet_seconds``.
+        Answers 200 (all stored), 202 (some failed) or 409 (none stored) with the
+        PS3.18 store-instances response (Referenced/Failed SOP Sequence).
+        """
+        ctype = request.headers.get("content-type", "")
+        boundary = boundary_of(ctype)
+        if not ctype.lower().startswith("multipart/related") or boundary is None:
+            raise HTTPException(415, 'expected multipart/related; type="application/dicom"')
+        body = await request.body()
+        try:
+            parts = split_multipart(body, boundary)
+        except ValueError as exc:
+            raise HTTPException(400, f"malformed multipart body: {exc}") from exc
+        stored, failed = await asyncio.to_thread(_accept_stow, receiver, parts, who.name)
+        store.audit(who.name, "stow", "", f"{len(stored)} stored, {len(failed)} failed")
+        status = 200 if not failed else (202 if stored else 409)
+        payload: dict[str, object] = {"00081199": {"vr": "SQ", "Value": [
+            {"00081155": {"vr": "UI", "Value": [uid]}} for uid in stored]}}
+        if failed:
+            payload["00081198"] = {"vr": "SQ", "Value": [
+                {"00081197": {"vr": "US", "Value": [0xC000]},
+                 "00081196": {"vr": "LT", "Value": [reason]}} for reason in failed]}
+        return JSONResponse(payload, status_code=status, media_type="application/dicom+json")
+
+    @app.get("/api/v1/jobs", response_model=list[JobOut], tags=["jobs"])
+    def list_jobs(who: Reader, state: str | None = None, limit: int = 100) -> list[JobOut]:
+        """Most recent jobs first, optionally of one state."""
+        with store.session() as s:
+            q = select(Job).order_by(Job.id.desc()).limit(min(limit, 1000))
+            if state:
+                q = q.where(Job.state == state)
+            return [_job_out(store, j, full=False) for j in s.scalars(q)]
+
+    @app.get("/api/v1/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
+    def get_job(who: Reader, job_id: int) -> JobOut:
+        """A job's state, timings, error, results and deliveries."""
+        with store.session() as s:
+            job = s.get(Job, job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        store.audit(who.name, "read-job", f"job:{job_id}")
+        return _job_out(store, job, full=True)
+
+    @app.get("/api/v1/studies/{study_id}", response_model=StudyOut, tags=["jobs"])
+    def get_study(who: Reader, study_id: int) -> StudyOut:
+        """A received study: state (receiving/complete/unrouted), routing note and jobs."""
+        store.audit(who.name, "read-study", f"study:{study_id}")
+        return _study_out(store, study_id)
+
+    @app.get("/api/v1/results/{result_id}", tags=["jobs"],
+             responses={200: {"content": {"application/dicom": {}, "image/png": {},
+                                          "application/json": {}}}})
+    def get_result(who: Reader, result_id: int) -> FileResponse:
+        """Download one result file (DICOM SEG/SR/SC, overlay PNG, mask, JSON)."""
+        with store.session() as s:
+            r = s.get(Result, result_id)
+        if r is None or not Path(r.path).is_file():
+            raise HTTPException(404, f"no result {result_id}")
+        store.audit(who.name, "read-result", f"result:{result_id}", r.kind)
+        return FileResponse(r.path, media_type=r.media_type, filename=Path(r.path).name)
+
+    @app.post("/api/v1/tokens", response_model=TokenOut, status_code=201, tags=["admin"])
+    def create_token(who: Admin, body: TokenIn) -> TokenOut:
+        """Create an API token (shown once; only its hash is stored)."""
+        try:
+            token = store.create_token(body.name, body.scopes)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        store.audit(who.name, "create-token", f"token:{body.name}", " ".join(body.scopes))
+        return TokenOut(name=body.name, scopes=sorted(set(body.scopes)), token=token)
+
+    @app.get("/metrics", tags=["service"], response_class=Response)
+    def metrics(who: Reader) -> Response:
+        """Prometheus metrics: queue depth, jobs by state, failures, latency histogram."""
+        return Response(render_metrics(store), media_type="text/plain; version=0.0.4")
+
+    app.include_router(web_router)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_upload_bytes)
+    app.add_middleware(AccessLog)
+    return app
+
+
+def _accept_upload(receiver: Receiver, payloads: list[tuple[str, bytes]], sender: str,
+                   modality: str) -> int:
+    """Store an upload's files; returns the study id. Raises InputError naming a bad file."""
+    if not payloads:
+        raise InputError("upload", "no files")
+    formats = [detect_format(data) for _, data in payloads]
+    for (name, _), fmt in zip(payloads, formats):
+        if fmt == "unknown":
+            raise InputError(name, "not a DICOM, PNG, JPEG or NIfTI file")
+    if set(formats) != {"dicom"}:
+        if len(payloads) != 1:
+            raise InputError(payloads[0][0], "submit one PNG/JPEG/NIfTI image per request")
+        (name, data), fmt = payloads[0], formats[0]
+        return receiver.accept_image_bytes(data, fmt, sender, name, modality)
+    datasets = []
+    for name, data in payloads:  # validate every file before storing any
+        datasets.append((name, read_dicom_bytes(data, name)))
+    studies = {str(ds.get("StudyInstanceUID", "")) for _, ds in datasets}
+    if len(studies) != 1:
+        raise InputError(payloads[0][0], f"files belong to {len(studies)} studies; submit one")
+    for name, ds in datasets:
+        check_pixels(ds, name)
+    ids = {receiver.accept_dataset(ds, "upload", sender, name) for name, ds in datasets}
+    return ids.pop()
+
+
+def _accept_stow(receiver: Receiver, parts: list[tuple[dict[str, str], bytes]],
+                 sender: str) -> tuple[list[str], list[str]]:
+    """Store each STOW part; returns (stored SOP UIDs, failure reasons)."""
+    stored, failed = [], []
+    for i, (headers, data) in enumerate(parts):
+        ctype = headers.get("content-type", "application/dicom").split(";")[0].strip().lower()
+        if ctype != "application/dicom":
+            failed.append(f"part {i}: unsupported Content-Type {ctype!r}")
+            continue
+        try:
+            ds = read_dicom_bytes(data, f"part {i}")
+            receiver.accept_dataset(ds, "stow", sender, f"part {i}")
+            stored.append(str(ds.SOPInstanceUID))
+        except InputError as exc:
+            failed.append(str(exc))
+    return stored, failed

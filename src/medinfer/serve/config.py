@@ -1,0 +1,218 @@
+"""The service configuration: one validated pydantic object, loaded from YAML and passed down.
+
+Relative paths in the YAML file (storage, artifacts) are resolved against the
+folder holding the file, so a config works from any working directory.
+
+Example (see ``config/serve.example.yaml``)::
+
+    storage: ../runs/serve
+    http: {host: 127.0.0.1, port: 8042}
+    dicom: {ae_title: MEDINFER, port: 11112, allowed_calling_aets: [STORESCU, ORTHANC]}
+    quiet_seconds: 5
+    routes:
+      - name: brain-mr
+        artifact: ../models/brain-unet3d
+        match: {modality: [MR]}
+    destinations:
+      - name: pacs
+        kind: dimse
+        host: 127.0.0.1
+        port: 4242
+        ae_title: ORTHANC
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from medinfer.errors import InputError
+
+__all__ = [
+    "DestinationConfig",
+    "DicomConfig",
+    "HttpConfig",
+    "MatchRule",
+    "RouteConfig",
+    "ServeConfig",
+    "load_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MatchRule(_Strict):
+    """Conditions a series must meet (all given ones; an empty rule matches everything).
+
+    Attributes:
+        modality: accepted Modality values (e.g. ``[CR, DX]``); uploads of PNG/JPEG
+            have modality ``"XC"`` unless the request says otherwise, NIfTI ``"OT"``.
+        body_part: accepted BodyPartExamined values (case-insensitive).
+        series_description: regular expression searched in SeriesDescription
+            (case-insensitive).
+        sop_class_uid: accepted SOP Class UIDs.
+        formats: accepted source formats: ``dicom``, ``png``, ``jpeg``, ``nifti``.
+    """
+
+    modality: list[str] = Field(default_factory=list)
+    body_part: list[str] = Field(default_factory=list)
+    series_description: str | None = None
+    sop_class_uid: list[str] = Field(default_factory=list)
+    formats: list[Literal["dicom", "png", "jpeg", "nifti"]] = Field(default_factory=list)
+
+    @field_validator("series_description")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from exc
+        return value
+
+
+class RouteConfig(_Strict):
+    """One routing rule: series matching ``match`` go to the model in ``artifact``."""
+
+    name: str
+    artifact: Path
+    match: MatchRule = Field(default_factory=MatchRule)
+
+
+class DestinationConfig(_Strict):
+    """Where results are sent.
+
+    Attributes:
+        name: label used in the job store and logs.
+        kind: ``dimse`` (C-STORE SCU to ``host:port``/``ae_title``) or ``stow``
+            (DICOMweb STOW-RS POST to ``url``).
+        results: result kinds sent there (``seg``, ``sr``, ``sc``).
+    """
+
+    name: str
+    kind: Literal["dimse", "stow"]
+    host: str | None = None
+    port: int | None = None
+    ae_title: str | None = None
+    url: str | None = None
+    results: list[Literal["seg", "sr", "sc"]] = Field(default_factory=lambda: ["seg", "sr", "sc"])
+
+    @model_validator(mode="after")
+    def _complete(self) -> DestinationConfig:
+        if self.kind == "dimse" and not (self.host and self.port and self.ae_title):
+            raise ValueError(f"destination {self.name!r}: dimse needs host, port and ae_title")
+        if self.kind == "stow" and not self.url:
+            raise ValueError(f"destination {self.name!r}: stow needs url")
+        return self
+
+
+class HttpConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = 8042
+    max_upload_mb: float = 512.0
+
+
+class DicomConfig(_Strict):
+    """DIMSE front door (disabled while ``port`` is None).
+
+    Attributes:
+        allowed_calling_aets: the only calling AE titles whose associations are
+            accepted; required when the front door is enabled.
+        calling_ae_title: the AE title medinfer uses when it sends (C-STORE SCU).
+    """
+
+    ae_title: str = "MEDINFER"
+    host: str = "127.0.0.1"
+    port: int | None = None
+    allowed_calling_aets: list[str] = Field(default_factory=list)
+    calling_ae_title: str = "MEDINFER"
+
+    @model_validator(mode="after")
+    def _allow_list(self) -> DicomConfig:
+        if self.port is not None and not self.allowed_calling_aets:
+            raise ValueError("dicom.allowed_calling_aets must name at least one AE title "
+                             "when the DICOM port is enabled")
+        return self
+
+
+class ServeConfig(_Strict):
+    """Everything ``medinfer serve`` needs.
+
+    Attributes:
+        storage: folder for received instances, results and the SQLite database.
+        database_url: SQLAlchemy URL; default ``sqlite:///<storage>/medinfer.db``.
+            PostgreSQL: ``postgresql+psycopg://user@host/db``.
+        quiet_seconds: a study is complete when nothing arrived for this long.
+        workers: worker processes.
+        lease_seconds: how long a worker's job lease lasts without renewal; a dead
+            worker's job is retried after this.
+        max_attempts: a job failing (or its worker dying) this often is marked failed.
+        deidentify: apply the PS3.15 basic-profile subset before storing (see deid.py).
+        seg_type: ``binary`` SEG (read by every SEG viewer) or ``labelmap`` (DICOM 2024;
+            about twice as fast to write for many segments, larger uncompressed).
+        delivery_retry_seconds: first retry delay; doubles up to ``delivery_retry_max_seconds``.
+    """
+
+    storage: Path = Path("runs/serve")
+    database_url: str | None = None
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    dicom: DicomConfig = Field(default_factory=DicomConfig)
+    quiet_seconds: float = 5.0
+    routes: list[RouteConfig] = Field(default_factory=list)
+    destinations: list[DestinationConfig] = Field(default_factory=list)
+    workers: int = Field(default=1, ge=0)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    max_attempts: int = Field(default=3, ge=1)
+    deidentify: bool = False
+    seg_type: Literal["binary", "labelmap"] = "binary"
+    delivery_retry_seconds: float = 2.0
+    delivery_retry_max_seconds: float = 60.0
+    log_format: Literal["json", "text"] = "json"
+
+    @property
+    def db_url(self) -> str:
+        """The database URL actually used."""
+        return self.database_url or f"sqlite:///{self.storage / 'medinfer.db'}"
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.http.max_upload_mb * 1024 * 1024)
+
+    def resolved(self, base: Path) -> ServeConfig:
+        """A copy with relative storage and artifact paths made absolute against ``base``."""
+        def absolute(p: Path) -> Path:
+            return p if p.is_absolute() else (base / p).resolve()
+
+        routes = [r.model_copy(update={"artifact": absolute(r.artifact)}) for r in self.routes]
+        return self.model_copy(update={"storage": absolute(self.storage), "routes": routes})
+
+
+def load_config(path: str | Path, **overrides: object) -> ServeConfig:
+    """Read and validate a YAML config; ``overrides`` replace top-level fields.
+
+    Raises:
+        InputError: the file is missing, not YAML, or fails validation (the message
+            names the offending fields).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such config file")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(path, f"not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise InputError(path, "config must be a mapping")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        cfg = ServeConfig.model_validate(raw)
+    except ValidationError as exc:
+        errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise InputError(path, f"invalid config: {errors}") from exc
+    return cfg.resolved(path.parent.resolve())

@@ -1,0 +1,129 @@
+"""The job store's tables (SQLAlchemy 2.x declarative ORM).
+
+Times are UNIX seconds (float) so SQLite and PostgreSQL compare them the same way.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["ApiToken", "AuditEvent", "Base", "Delivery", "Instance", "Job", "Result", "Study"]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Study(Base):
+    """A study (or one REST upload) as received.
+
+    ``state``: ``receiving`` (instances may still arrive) -> ``complete`` (routed,
+    jobs created) or ``unrouted`` (no rule matched; kept, recorded, no job).
+    """
+
+    __tablename__ = "studies"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(128), index=True)
+    source: Mapped[str] = mapped_column(String(16))  # dimse | stow | upload
+    sender: Mapped[str] = mapped_column(String(128), default="")  # calling AE or token name
+    state: Mapped[str] = mapped_column(String(16), default="receiving", index=True)
+    first_received: Mapped[float] = mapped_column(Float)
+    last_received: Mapped[float] = mapped_column(Float)
+    completed_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+
+
+class Instance(Base):
+    """One stored file (a DICOM instance, or an uploaded PNG/JPEG/NIfTI image)."""
+
+    __tablename__ = "instances"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_uid: Mapped[str] = mapped_column(String(128))
+    sop_uid: Mapped[str] = mapped_column(String(128))
+    sop_class_uid: Mapped[str] = mapped_column(String(128), default="")
+    modality: Mapped[str] = mapped_column(String(16), default="")
+    body_part: Mapped[str] = mapped_column(String(64), default="")
+    series_description: Mapped[str] = mapped_column(String(256), default="")
+    format: Mapped[str] = mapped_column(String(16), default="dicom")
+    path: Mapped[str] = mapped_column(Text)
+    received_at: Mapped[float] = mapped_column(Float)
+    __table_args__ = (Index("ix_instances_study_sop", "study_id", "sop_uid", unique=True),)
+
+
+class Job(Base):
+    """Inference of one series with one routed model.
+
+    ``state``: queued -> running -> done | failed (running -> queued again when the
+    attempt fails and attempts remain; a running job whose lease expired is
+    leasable again). ``lease_token`` identifies the attempt that may complete it.
+    """
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_uid: Mapped[str] = mapped_column(String(128))
+    route: Mapped[str] = mapped_column(String(128))
+    artifact: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_token: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    started_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    finished_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    seconds: Mapped[dict] = mapped_column(JSON, default=dict)
+    summary: Mapped[dict] = mapped_column(JSON, default=dict)
+    error: Mapped[str] = mapped_column(Text, default="")
+
+
+class Result(Base):
+    """One file a job produced: ``kind`` seg | sr | sc | json | mask | overlay."""
+
+    __tablename__ = "results"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)
+    media_type: Mapped[str] = mapped_column(String(64))
+    sop_uid: Mapped[str] = mapped_column(String(128), default="")
+
+
+class Delivery(Base):
+    """Sending one result to one destination: pending -> sent | failed."""
+
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    result_id: Mapped[int] = mapped_column(ForeignKey("results.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
+    sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str] = mapped_column(Text, default="")
+
+
+class AuditEvent(Base):
+    """Who did what to which object (no patient-identifying values)."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(256), default="")
+    detail: Mapped[str] = mapped_column(Text, default="")
+
+
+class ApiToken(Base):
+    """An API token; only its SHA-256 is stored."""
+
+    __tablename__ = "tokens"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[str] = mapped_column(String(64))  # space separated
+    created_at: Mapped[float] = mapped_column(Float)
+    revoked: Mapped[bool] = mapped_column(default=False)

@@ -1,0 +1,257 @@
+"""Result objects for PACS and viewers: DICOM SEG, Comprehensive SR, Secondary Capture, JSON.
+
+All DICOM results are built with highdicom from the source instances, so they
+carry the source's patient/study module and reference the source series.
+The mask from :class:`~medinfer.apps.predictor.Prediction` has the series'
+array layout ``(rows, cols, slices)`` with slices sorted along the slice normal
+exactly as :func:`medinfer.io.read_dicom_series` sorts them; :func:`sort_series`
+reproduces that order for the source datasets.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+__all__ = [
+    "overlay_slice",
+    "sort_series",
+    "write_json",
+    "write_png",
+    "write_sc",
+    "write_seg",
+    "write_sr",
+]
+
+MANUFACTURER = "medinfer"
+_COLORS = ((255, 0, 0), (0, 200, 0), (0, 120, 255), (255, 200, 0), (200, 0, 255), (0, 220, 220))
+
+
+def _software() -> str:
+    from importlib.metadata import version
+
+    return f"medinfer {version('medinfer')}"
+
+
+# Type 2 attributes of the patient/study modules that highdicom copies from the source
+# into every derived object; senders (and de-identification) often leave them out.
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
+          "StudyTime", "ReferringPhysicianName", "AccessionNumber", "StudyID")
+
+
+def sort_series(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Source instances in the slice order of :func:`medinfer.io.read_dicom_series`.
+
+    Sorted by position along the slice normal (row cosine x column cosine), or by
+    InstanceNumber when a slice lacks geometry. Missing Type 2 patient/study attributes
+    are added empty (in place), as derived objects must carry them.
+    """
+    for ds in datasets:
+        for keyword in _TYPE2:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    def geometry(ds: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
+        iop, ipp = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
+        if iop is None or ipp is None:
+            return None
+        return np.asarray(iop, float), np.asarray(ipp, float)
+
+    geo = [geometry(ds) for ds in datasets]
+    if all(g is not None for g in geo) and len(datasets) > 1:
+        iop = geo[0][0]  # type: ignore[index]
+        normal = np.cross(iop[:3], iop[3:])
+        dist = [float(g[1] @ normal) for g in geo]  # type: ignore[index]
+        order = np.argsort(dist, kind="stable")
+        return [datasets[i] for i in order]
+    return sorted(datasets, key=lambda ds: int(ds.get("InstanceNumber", 0) or 0))
+
+
+def _frames(mask: np.ndarray, n_sources: int) -> np.ndarray:
+    """Prediction mask -> highdicom's ``(frames, rows, cols)`` layout."""
+    if mask.ndim == 2:
+        return mask[None]
+    if mask.shape[-1] != n_sources:
+        raise ValueError(f"mask has {mask.shape[-1]} slices but the series {n_sources} instances")
+    return np.moveaxis(mask, -1, 0)
+
+
+def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, str],
+              out: Path, algorithm: str, version: str, series_number: int = 900,
+              labelmap: bool = False) -> tuple[Path, str]:
+    """Write a DICOM SEG with one segment per label value.
+
+    Args:
+        sources: the source instances, sorted with :func:`sort_series`.
+        mask: ``(rows, cols)`` or ``(rows, cols, slices)`` uint8 label map (0 = background).
+        segments: label value -> segment label, e.g. ``{1: "tumour"}``.
+        out: file to write.
+        algorithm: algorithm name recorded in the SEG (the artifact).
+        version: algorithm version (the variant).
+        labelmap: write a LABELMAP SEG (one frame per slice holding every segment; DICOM
+            2024, fewer viewers read it) instead of a BINARY one (one frame per segment
+            and slice, read everywhere).
+
+    Returns:
+        (path, SOP Instance UID).
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    labels = sorted(v for v in segments if v > 0)
+    if not labels:
+        raise ValueError("a SEG needs at least one segment")
+    algo = hd.AlgorithmIdentificationSequence(name=algorithm, version=version,
+                                              family=codes.cid7162.ArtificialIntelligence)
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=i, segment_label=segments[v][:64],
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=hd.sr.CodedConcept(segments[v][:16], "99MEDINFER",
+                                                   segments[v][:64]),
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algo) for i, v in enumerate(labels, start=1)]
+    # Label values -> consecutive segment numbers: highdicom takes a label map whose
+    # values are segment numbers.
+    lut = np.zeros(256, np.uint8)
+    lut[labels] = np.arange(1, len(labels) + 1, dtype=np.uint8)
+    pixels = lut[_frames(np.asarray(mask, np.uint8), len(sources))]
+    uid = hd.UID()
+    seg = hd.seg.Segmentation(
+        source_images=list(sources), pixel_array=pixels,
+        segmentation_type=(hd.seg.SegmentationTypeValues.LABELMAP if labelmap
+                           else hd.seg.SegmentationTypeValues.BINARY),
+        segment_descriptions=descriptions, series_instance_uid=hd.UID(),
+        series_number=series_number, sop_instance_uid=uid, instance_number=1,
+        manufacturer=MANUFACTURER, manufacturer_model_name=algorithm[:64],
+        software_versions=_software(), device_serial_number="0",
+        series_description=f"medinfer SEG {algorithm}"[:64])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    seg.save_as(out)
+    return out, str(uid)
+
+
+def overlay_slice(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """RGB overlay of the slice with the most foreground (the middle one when empty).
+
+    Args:
+        image: ``(C, rows, cols)`` or ``(C, rows, cols, slices)``.
+        mask: ``(rows, cols)`` or ``(rows, cols, slices)`` label map.
+
+    Returns:
+        (``(rows, cols, 3)`` uint8 picture, slice index (0 for 2D)).
+    """
+    from medinfer.io import overlay
+
+    k = 0
+    if mask.ndim == 3:
+        area = (mask > 0).sum(axis=(0, 1))
+        k = int(np.argmax(area)) if area.any() else mask.shape[-1] // 2
+        image, mask = image[..., k], mask[..., k]
+    img = np.asarray(image, np.float32)
+    lo, hi = np.percentile(img, (1, 99.5))
+    pic = ((img - lo) / max(hi - lo, 1e-6) * 255).clip(0, 255).astype(np.uint8)
+    labels = [int(v) for v in np.unique(mask) if v > 0]
+    if not labels:
+        return overlay(pic, np.zeros(mask.shape, bool), alpha=0.0, contour=False), k
+    for i, v in enumerate(labels):
+        pic = np.moveaxis(overlay(pic, mask == v, color=_COLORS[i % len(_COLORS)]), -1, 0)
+    return np.moveaxis(pic, 0, -1), k
+
+
+def write_sc(source: Dataset, picture: np.ndarray, out: Path, algorithm: str,
+             series_number: int = 901) -> tuple[Path, str]:
+    """Write an RGB Secondary Capture of ``picture`` (``(rows, cols, 3)`` uint8) for ``source``."""
+    import highdicom as hd
+
+    uid = hd.UID()
+    spacing = source.get("PixelSpacing")
+    sc = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source, pixel_array=np.ascontiguousarray(picture),
+        photometric_interpretation=hd.PhotometricInterpretationValues.RGB, bits_allocated=8,
+        coordinate_system=hd.CoordinateSystemNames.PATIENT, series_instance_uid=hd.UID(),
+        series_number=series_number, sop_instance_uid=uid, instance_number=1,
+        manufacturer=MANUFACTURER,
+        pixel_spacing=tuple(float(s) for s in spacing) if spacing is not None else None,
+        patient_orientation=_orientation(source),
+        series_description=f"medinfer overlay {algorithm}"[:64])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sc.save_as(out)
+    return out, str(uid)
+
+
+def _orientation(ds: Dataset) -> tuple[str, str]:
+    """PatientOrientation (row, column directions) from ImageOrientationPatient, else ("", "")."""
+    iop = ds.get("ImageOrientationPatient")
+    if iop is None:
+        po = ds.get("PatientOrientation")
+        return (str(po[0]), str(po[1])) if po is not None and len(po) == 2 else ("L", "F")
+
+    def letters(v: Sequence[float]) -> str:
+        axes = (("L", "R"), ("P", "A"), ("H", "F"))
+        order = np.argsort(-np.abs(np.asarray(v, float)))
+        return "".join(axes[i][0] if v[i] > 0 else axes[i][1] for i in order if abs(v[i]) > 0.3)
+
+    return letters(iop[:3]) or "L", letters(iop[3:]) or "P"
+
+
+def write_sr(sources: Sequence[Dataset], scores: dict[str, float], thresholds: dict[str, float],
+             out: Path, algorithm: str, version: str, series_number: int = 902) -> tuple[Path, str]:
+    """Write a Comprehensive SR (TID 1500 measurement report) of classification findings.
+
+    Each finding is one measurement group: the probability as a measurement (unit
+    ``{probability}``) and a qualitative evaluation Present/Absent at its threshold.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algo = hd.sr.AlgorithmIdentification(name=algorithm, version=version)
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name=algorithm[:64]))
+    groups = []
+    refs = [hd.sr.SourceImageForMeasurementGroup.from_source_image(sources[0])]
+    unit = hd.sr.CodedConcept("{probability}", "UCUM", "probability")
+    for finding, p in sorted(scores.items()):
+        name = hd.sr.CodedConcept(finding[:16], "99MEDINFER", finding)
+        t = thresholds.get(finding, 0.5)
+        present = codes.SCT.Present if p >= t else codes.SCT.Absent
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=finding),
+            finding_type=name, algorithm_id=algo, source_images=refs,
+            measurements=[hd.sr.Measurement(name=codes.DCM.Probability if hasattr(
+                codes.DCM, "Probability") else name, value=float(p), unit=unit)],
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=name, value=present)]))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure"),
+        imaging_measurements=groups)
+    uid = hd.UID()
+    sr = hd.sr.ComprehensiveSR(
+        evidence=list(sources), content=report, series_instance_uid=hd.UID(),
+        series_number=series_number, sop_instance_uid=uid, instance_number=1,
+        manufacturer=MANUFACTURER, is_complete=True,
+        series_description=f"medinfer findings {algorithm}"[:64])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sr.save_as(out)
+    return out, str(uid)
+
+
+def write_png(picture: np.ndarray, out: Path) -> Path:
+    """Write an ``(H, W, 3)`` uint8 picture as PNG."""
+    from PIL import Image as PILImage
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    PILImage.fromarray(np.ascontiguousarray(picture)).save(out)
+    return out
+
+
+def write_json(payload: dict[str, Any], out: Path) -> Path:
+    """Write the machine-readable result summary."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    return out

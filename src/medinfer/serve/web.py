@@ -1,0 +1,65 @@
+"""The service's web page (Jinja2 templates, no build step): jobs, one job with its overlay, health.
+
+The browser authenticates with an API token (``read`` scope) entered once on
+``/ui/login``; it is kept in an HttpOnly cookie.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+
+from medinfer.serve.auth import COOKIE, Principal, require
+from medinfer.serve.models import Job, Result, Study
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+Reader = Annotated[Principal, Depends(require("read"))]
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, error: str = "") -> HTMLResponse:
+    return templates.TemplateResponse(request, "login.html", {"error": error})
+
+
+@router.post("/login")
+def login(request: Request, token: Annotated[str, Form()]) -> RedirectResponse:
+    found = request.app.state.store.check_token(token.strip())
+    if found is None:
+        return RedirectResponse("/ui/login?error=invalid+token", status_code=303)
+    response = RedirectResponse("/ui/", status_code=303)
+    response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict")
+    return response
+
+
+@router.get("/", response_class=HTMLResponse)
+def jobs_page(request: Request, who: Reader) -> HTMLResponse:
+    store = request.app.state.store
+    with store.session() as s:
+        jobs = list(s.scalars(select(Job).order_by(Job.id.desc()).limit(200)))
+        unrouted = list(s.scalars(select(Study).where(Study.state == "unrouted")
+                                  .order_by(Study.id.desc()).limit(20)))
+    return templates.TemplateResponse(request, "jobs.html", {
+        "jobs": jobs, "unrouted": unrouted, "counts": store.job_counts(),
+        "deliveries": store.delivery_counts(), "who": who.name})
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(request: Request, who: Reader, job_id: int) -> HTMLResponse:
+    store = request.app.state.store
+    with store.session() as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            raise HTTPException(404, f"no job {job_id}")
+        results = list(s.scalars(select(Result).where(Result.job_id == job_id)))
+    store.audit(who.name, "read-job", f"job:{job_id}", "web page")
+    overlay = next((r for r in results if r.kind == "overlay"), None)
+    return templates.TemplateResponse(request, "job.html", {
+        "job": job, "results": results, "overlay": overlay, "who": who.name})

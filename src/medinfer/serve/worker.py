@@ -1,0 +1,242 @@
+"""Workers: lease a job, read the series, run the routed model, write and record the results.
+
+A worker renews its lease while it works (every third of ``lease_seconds``); if it
+dies, the lease expires and another worker takes the job over. Results are written
+under a folder named after the attempt's lease token and recorded only if the
+attempt still holds the lease (:meth:`Store.complete_job`), so a job completes
+exactly once. Input errors (an unreadable or inconsistent series) fail the job at
+once with the reader's message; any other error is retried up to ``max_attempts``.
+
+Run one with ``medinfer serve --worker --config serve.yaml`` (or let the service
+spawn ``workers`` of them).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from medinfer.errors import InputError
+from medinfer.serve.config import ServeConfig
+from medinfer.serve.logs import hash_uid
+from medinfer.serve.store import LeasedJob, ResultFile, Store
+
+__all__ = ["Worker", "run_worker"]
+
+log = logging.getLogger(__name__)
+
+
+class PredictorLike(Protocol):
+    def predict(self, image: Any) -> Any: ...
+
+
+def open_predictor(artifact: str) -> PredictorLike:
+    """The real model: :class:`medinfer.apps.predictor.Predictor` on the chosen variant."""
+    from medinfer.apps.predictor import Predictor
+
+    return Predictor.open(artifact)
+
+
+class Worker:
+    """Processes jobs from the store, one at a time.
+
+    Args:
+        config: the service config.
+        store: the job store.
+        name: lease owner name (host:pid:n by default).
+        predictor_factory: artifact dir -> object with ``predict(Image) -> Prediction``;
+            cached per artifact.
+    """
+
+    def __init__(self, config: ServeConfig, store: Store, name: str | None = None,
+                 predictor_factory: Callable[[str], PredictorLike] = open_predictor) -> None:
+        self.config, self.store = config, store
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}"
+        self._factory = predictor_factory
+        self._predictors: dict[str, PredictorLike] = {}
+
+    def predictor(self, artifact: str) -> PredictorLike:
+        if artifact not in self._predictors:
+            self._predictors[artifact] = self._factory(artifact)
+        return self._predictors[artifact]
+
+    def warm_up(self) -> None:
+        """Open every routed model and run it once on a blank input of its own size, and
+        load the DICOM writers, so the first study does not pay for loading and imports.
+
+        A model that cannot be opened is logged and skipped; its jobs fail with the reason.
+        """
+        import highdicom  # noqa: F401  (first import takes seconds)
+
+        from medinfer.io import Image
+
+        for route in self.config.routes:
+            try:
+                predictor = self.predictor(str(route.artifact))
+                spec = getattr(predictor, "artifact", None)
+                if spec is not None:
+                    shape = (spec.spec.input.channels, *spec.spec.input.spatial)
+                    n = len(shape) - 1
+                    predictor.predict(Image(np.zeros(shape, np.float32), (1.0,) * n, (0.0,) * n,
+                                            np.eye(n)))
+            except Exception as exc:  # a missing model must not stop the other routes
+                log.warning("model not loaded", extra={"route": route.name, "error": str(exc)})
+
+    def run_once(self) -> bool:
+        """Lease and process one job; False when none was waiting."""
+        cfg = self.config
+        job = self.store.lease_job(self.name, cfg.lease_seconds, cfg.max_attempts)
+        if job is None:
+            return False
+        log.info("job leased", extra={"job": job.id, "attempt": job.attempts, "worker": self.name,
+                                      "series": hash_uid(job.series_uid)})
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(job, stop), daemon=True)
+        beat.start()
+        try:
+            results, seconds, summary = self.process(job)
+        except Exception as exc:  # every failure is recorded on the job, none kills the worker
+            retry = not isinstance(exc, InputError)
+            state = self.store.fail_attempt(job.id, job.token, f"{type(exc).__name__}: {exc}",
+                                            cfg.max_attempts, retryable=retry)
+            log.warning("job attempt failed", extra={"job": job.id, "state": state,
+                                                     "error": str(exc)}, exc_info=retry)
+            return True
+        finally:
+            stop.set()
+            beat.join()
+        dests = {k: [d.name for d in cfg.destinations if k in d.results]
+                 for k in ("seg", "sr", "sc")}
+        if self.store.complete_job(job.id, job.token, results, dests, seconds, summary):
+            log.info("job done", extra={"job": job.id, "seconds": seconds})
+        else:
+            log.warning("job lease lost; results discarded", extra={"job": job.id})
+        return True
+
+    def _heartbeat(self, job: LeasedJob, stop: threading.Event) -> None:
+        while not stop.wait(self.config.lease_seconds / 3):
+            if not self.store.renew_lease(job.id, job.token, self.config.lease_seconds):
+                return
+
+    def process(self, job: LeasedJob) -> tuple[list[ResultFile], dict[str, float], dict]:
+        """Run the model on the job's series and write its result files."""
+        t0 = time.perf_counter()
+        image, sources = read_job_input(job)
+        t1 = time.perf_counter()
+        pred = self.predictor(job.artifact).predict(image)
+        t2 = time.perf_counter()
+        out = self.config.storage / "results" / str(job.id) / job.token
+        results = write_results(pred, image, sources, out, job,
+                                labelmap=self.config.seg_type == "labelmap")
+        t3 = time.perf_counter()
+        seconds = {"read": t1 - t0, "predict": t2 - t1, "write": t3 - t2}
+        seconds.update({f"model_{k}": v for k, v in getattr(pred, "seconds", {}).items()})
+        return results, {k: round(v, 4) for k, v in seconds.items()}, summarize(pred)
+
+
+def read_job_input(job: LeasedJob) -> tuple[Any, list[Any]]:
+    """The job's series as an :class:`~medinfer.io.Image` plus its sorted source datasets.
+
+    Raises:
+        InputError: unreadable files or inconsistent geometry (named by the reader).
+    """
+    from medinfer.io import read_dicom_series, read_image
+    from medinfer.io.dicom import load_dataset, num_frames
+    from medinfer.io.series import read_dicom_file
+    from medinfer.serve.results import sort_series
+
+    paths = [Path(p) for p, _ in job.files]
+    formats = {f for _, f in job.files}
+    if not paths:
+        raise InputError(Path("."), f"job {job.id} has no input files")
+    if formats != {"dicom"}:
+        return read_image(paths[0]), []
+    datasets = [load_dataset(p) for p in paths]
+    if len(paths) == 1 and num_frames(datasets[0]) <= 1:
+        image = read_dicom_file(paths[0])
+    else:
+        image = read_dicom_series(paths)
+    return image, sort_series(datasets)
+
+
+def summarize(pred: Any) -> dict[str, object]:
+    """Small JSON summary of a prediction: voxels per segment, or findings above threshold."""
+    out: dict[str, object] = {"task": pred.task, "artifact": pred.artifact,
+                              "variant": pred.variant}
+    if pred.mask is not None:
+        counts = np.bincount(np.asarray(pred.mask, np.uint8).ravel(), minlength=256)
+        out["segments"] = {name: int(counts[v]) for v, name in pred.segments.items()}
+    if pred.scores:
+        out["scores"] = {k: round(float(v), 4) for k, v in pred.scores.items()}
+        out["findings"] = sorted(k for k, v in pred.scores.items()
+                                 if v >= pred.thresholds.get(k, 0.5))
+    return out
+
+
+def write_results(pred: Any, image: Any, sources: list[Any], out: Path, job: LeasedJob,
+                  labelmap: bool = False) -> list[ResultFile]:
+    """Write the DICOM (SEG or SR, plus SC) and picture/JSON results of one prediction."""
+    from medinfer.io import write_mask_nifti, write_mask_png
+    from medinfer.serve import results as R
+
+    files: list[ResultFile] = []
+    name = Path(job.artifact).name
+    mask = np.asarray(pred.mask, np.uint8) if pred.mask is not None else None
+    if mask is not None:
+        picture, k = R.overlay_slice(image.array, mask)
+    else:
+        picture, k = R.overlay_slice(image.array, np.zeros(image.spatial_shape, np.uint8))
+    files.append(ResultFile("overlay", str(R.write_png(picture, out / "overlay.png")), "image/png"))
+    if sources:
+        if mask is not None and any(v > 0 for v in pred.segments):
+            p, uid = R.write_seg(sources, mask, pred.segments, out / "seg.dcm", name, pred.variant,
+                                 labelmap=labelmap)
+            files.append(ResultFile("seg", str(p), "application/dicom", uid))
+        if pred.scores:
+            p, uid = R.write_sr(sources, pred.scores, pred.thresholds, out / "sr.dcm", name,
+                                pred.variant)
+            files.append(ResultFile("sr", str(p), "application/dicom", uid))
+        ref = sources[k] if len(sources) > k else sources[0]
+        p, uid = R.write_sc(ref, picture, out / "sc.dcm", name)
+        files.append(ResultFile("sc", str(p), "application/dicom", uid))
+    elif mask is not None:
+        if mask.ndim == 2:
+            p = write_mask_png(mask > 0, out / "mask.png")
+            files.append(ResultFile("mask", str(p), "image/png"))
+        else:
+            p = write_mask_nifti(mask, out / "mask.nii.gz", reference=image)
+            files.append(ResultFile("mask", str(p), "application/gzip"))
+    payload = {"job": job.id, "series_uid_hash": hash_uid(job.series_uid), "route": job.route,
+               **summarize(pred), "thresholds": dict(pred.thresholds)}
+    files.append(ResultFile("json", str(R.write_json(payload, out / "result.json")),
+                            "application/json"))
+    return files
+
+
+def run_worker(config: ServeConfig, name: str | None = None,
+               stop: threading.Event | Any | None = None, poll_seconds: float = 0.2) -> None:
+    """Loop until ``stop`` is set: process jobs, sleep ``poll_seconds`` when there are none.
+
+    Suitable as a ``multiprocessing`` target (spawn): opens its own store connection.
+    """
+    from medinfer.serve.logs import setup_logging
+
+    setup_logging(config.log_format)
+    store = Store(config.db_url)
+    worker = Worker(config, store, name)
+    worker.warm_up()
+    log.info("worker started", extra={"worker": worker.name})
+    try:
+        while stop is None or not stop.is_set():
+            if not worker.run_once():
+                time.sleep(poll_seconds)
+    finally:
+        store.close()

@@ -1,0 +1,50 @@
+"""Fixtures for medinfer.serve tests: configs in tmp_path, tiny DICOM series, fake predictors."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("pynetdicom")
+pytest.importorskip("highdicom")
+
+from medinfer.serve.config import ServeConfig
+from medinfer.serve.ingest import Receiver
+from medinfer.serve.store import Store
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., ServeConfig]:
+    """ServeConfig with storage in tmp_path, MR and PNG routes to a fake artifact path."""
+
+    def make(**kw: object) -> ServeConfig:
+        base: dict[str, object] = {
+            "storage": tmp_path / "storage", "quiet_seconds": 0.3, "lease_seconds": 5,
+            "log_format": "text",
+            "routes": [
+                {"name": "mr", "artifact": str(tmp_path / "art-mr"), "match": {"modality": ["MR"]}},
+                {"name": "cxr", "artifact": str(tmp_path / "art-cxr"),
+                 "match": {"modality": ["DX"]}},
+                {"name": "png", "artifact": str(tmp_path / "art-png"),
+                 "match": {"formats": ["png", "jpeg"]}},
+            ],
+        }
+        base.update(kw)
+        return ServeConfig.model_validate(base)
+
+    return make
+
+
+@pytest.fixture
+def store(make_config) -> Store:
+    s = Store(make_config().db_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def receiver(make_config, store) -> Receiver:
+    return Receiver(make_config(), store)

@@ -1,0 +1,82 @@
+"""A real Orthanc PACS (Debian package) on loopback for tests and benchmarks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+
+
+def orthanc_binary() -> str | None:
+    return shutil.which("Orthanc") or (
+        "/usr/sbin/Orthanc" if Path("/usr/sbin/Orthanc").is_file() else None)
+
+
+class Orthanc:
+    """Start Orthanc with its own storage in ``root``, DICOMweb enabled, no authentication.
+
+    Attributes:
+        url: REST base URL; ``dicom_port``/``ae_title``: its DIMSE address.
+    """
+
+    def __init__(self, root: Path, http_port: int, dicom_port: int, ae_title: str = "ORTHANC",
+                 modalities: dict[str, list] | None = None) -> None:
+        self.root, self.http_port, self.dicom_port, self.ae_title = root, http_port, dicom_port, ae_title
+        self.url = f"http://127.0.0.1:{http_port}"
+        self.modalities = modalities or {}
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        config = {
+            "Name": "medinfer-test", "StorageDirectory": str(self.root / "db"),
+            "IndexDirectory": str(self.root / "db"), "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port, "DicomAet": self.ae_title,
+            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False, "DicomModalities": self.modalities,
+            "Plugins": [str(PLUGIN)] if PLUGIN.is_file() else [],
+            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "HttpServerEnabled": True, "StableAge": 1, "ConcurrentJobs": 1,
+        }
+        path = self.root / "orthanc.json"
+        path.write_text(json.dumps(config))
+        log = open(self.root / "orthanc.log", "wb")  # noqa: SIM115  (kept open for the process)
+        self.proc = subprocess.Popen([orthanc_binary() or "Orthanc", str(path)], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited: {(self.root / 'orthanc.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/system", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("Orthanc did not start in time")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def get(self, path: str) -> object:
+        r = httpx.get(self.url + path, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def find(self, **query: str) -> list[dict]:
+        r = httpx.post(self.url + "/tools/find", json={"Level": "Instance", "Query": query,
+                                                       "Expand": True}, timeout=10)
+        r.raise_for_status()
+        return r.json()

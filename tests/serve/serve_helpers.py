@@ -1,0 +1,137 @@
+"""Helpers for medinfer.serve tests: tiny DICOM series, fake predictors, free ports."""
+
+from __future__ import annotations
+
+import io
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "data"
+SHARED = _BESIDE if _BESIDE.is_dir() else Path("/work/shared/data")
+MR_SERIES = SHARED / "dicom-mr-brain-tumor-progression" / "PGBM-001" / "11-T1post-80644"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class FakePrediction:
+    """Same fields as medinfer.apps.predictor.Prediction."""
+
+    task: str
+    mask: np.ndarray | None
+    segments: dict[int, str]
+    scores: dict[str, float] = field(default_factory=dict)
+    thresholds: dict[str, float] = field(default_factory=dict)
+    artifact: str = "fake"
+    variant: str = "torch-fp32"
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class ThresholdPredictor:
+    """Segments pixels brighter than the image mean as label 1 ("lesion")."""
+
+    calls = 0
+
+    def predict(self, image) -> FakePrediction:
+        ThresholdPredictor.calls += 1
+        mask = (image.array.mean(axis=0) > image.array.mean()).astype(np.uint8)
+        return FakePrediction("segmentation", mask, {1: "lesion"}, seconds={"infer": 0.001})
+
+
+class FindingsPredictor:
+    """Classification: two findings with fixed scores."""
+
+    def predict(self, image) -> FakePrediction:
+        return FakePrediction("classification", None, {}, {"Effusion": 0.8, "Mass": 0.1},
+                              {"Effusion": 0.5, "Mass": 0.5})
+
+
+def mr_slice(pixels: np.ndarray, z: float, study_uid: str, series_uid: str, number: int,
+             modality: str = "MR", sop_class: str = MRImageStorage) -> Dataset:
+    """One small uncompressed slice with full geometry and patient module."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Doe^Jane", "P123", "19700101", "F"
+    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240101", "120000", "A1", "S1"
+    ds.ReferringPhysicianName, ds.InstitutionName = "Who^Doctor", "General Hospital"
+    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, 1, number
+    ds.SeriesDescription = "T1 post"
+    ds.Manufacturer = "test"
+    ds.FrameOfReferenceUID = study_uid + ".9"
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [0.0, 0.0, float(z)]
+    ds.PixelSpacing = [1.0, 1.0]
+    ds.SliceThickness = 2.0
+    rows, cols = pixels.shape
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    return ds
+
+
+def make_series(n: int = 4, size: int = 16, modality: str = "MR", study_uid: str | None = None,
+                sizes: list[int] | None = None) -> list[Dataset]:
+    """``n`` slices of one synthetic series (a bright square in the middle)."""
+    study_uid = study_uid or generate_uid()
+    series_uid = generate_uid()
+    out = []
+    for i in range(n):
+        s = (sizes or [size] * n)[i]
+        px = np.full((s, s), 10, np.uint16)
+        px[s // 4: 3 * s // 4, s // 4: 3 * s // 4] = 200
+        out.append(mr_slice(px, 2.0 * i, study_uid, series_uid, i + 1, modality))
+    return out
+
+
+def to_bytes(ds: Dataset) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def make_artifact(root: Path, dims: int = 3, task: str = "segmentation") -> Path:
+    """A tiny random-weight artifact: ``test_unet3d`` (1-channel MR volumes, sliding window
+    160x136x24), ``test_resunet`` (RGB pictures, 32x32), or with ``task="classification"``
+    ``test_densenet`` (3 findings, 32x32)."""
+    import torch
+
+    from medinfer.artifact import ArtifactSpec, InputSpec, ModelArtifact
+    from medinfer.data.spec import Preprocessing
+
+    torch.manual_seed(0)
+    if task == "classification":
+        spec = ArtifactSpec(architecture="test_densenet", task="classification", in_channels=3,
+                            out_channels=3, input=InputSpec(channels=3, spatial=(32, 32)),
+                            preprocessing=Preprocessing(size=(32, 32)),
+                            classes=["Effusion", "Mass", "Nodule"],
+                            thresholds={"Effusion": 0.5, "Mass": 0.3, "Nodule": 0.7})
+    elif dims == 3:
+        spec = ArtifactSpec(architecture="test_unet3d", in_channels=1, out_channels=1,
+                            input=InputSpec(channels=1, spatial=(160, 136, 24)),
+                            preprocessing=Preprocessing(size=(160, 136, 24), channels=1, mean=(0.0,), overlap=0.0,
+                                                        std=(1.0,), intensity="zscore"),
+                            segments={1: "tumour"})
+    else:
+        spec = ArtifactSpec(architecture="test_resunet", in_channels=3, out_channels=1,
+                            input=InputSpec(channels=3, spatial=(32, 32)),
+                            preprocessing=Preprocessing(size=(32, 32)), segments={1: "polyp"})
+    art = ModelArtifact(root, spec)
+    art.save()
+    art.save_weights(art.build_network().eval())
+    return root
