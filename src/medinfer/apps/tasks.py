@@ -69,6 +69,10 @@ class Task(ABC):
     def count(self, data: Any) -> int:
         return len(data)
 
+    def network_input(self, data: Any, i: int) -> np.ndarray:
+        """One network input (1, C, *size) standing for case ``i``."""
+        return data.images[i:i + 1]
+
     def score(self, engine: Engine, data: Any, n_boot: int = 0) -> dict[str, Any]:
         return self.metrics(self.outputs(engine.infer, data), data, n_boot)
 
@@ -144,6 +148,17 @@ class Segmentation3D(Task):
         from medinfer.train.volume import sample_windows
 
         return sample_windows(data, self.spec.size, 4, 0.5, np.random.default_rng(1))[0]
+
+    def network_input(self, data, i: int) -> np.ndarray:
+        """The window centred on case ``i``'s foreground (its middle when it has none)."""
+        from medinfer.train.volume import _pad_to
+
+        image, mask = data.images[i], data.masks[i]
+        shape, size = np.array(mask.shape), np.array(self.spec.size)
+        centre = np.argwhere(mask).mean(axis=0).astype(int) if mask.any() else shape // 2
+        lo = np.clip(centre - size // 2, 0, np.maximum(shape - size, 0))
+        sl = tuple(slice(int(a), int(a) + int(s)) for a, s in zip(lo, size))
+        return _pad_to(image[(slice(None), *sl)], tuple(size))[None]
 
     def subset(self, data, index: list[int]):
         from medinfer.data.volumes import VolumeSet

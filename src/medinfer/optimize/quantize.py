@@ -104,7 +104,9 @@ def openvino_int8_accuracy_control(xml_path: str | Path, out_path: str | Path, c
         return float(metric), [[o] for o in outputs]
 
     calibration = nncf.Dataset([calib[i:i + 1] for i in range(len(calib))])
-    validation = nncf.Dataset(list(range(task.count(tune_data))))
+    # Items are case indices: ``validate`` scores whole cases; NNCF's layer ranking runs
+    # the model itself on ``transform_fn(index)``, one network input per case.
+    validation = nncf.Dataset(list(range(task.count(tune_data))), lambda i: task.network_input(tune_data, i))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         quantized = nncf.quantize_with_accuracy_control(
