@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--skip-optimize", action="store_true")
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    ap.add_argument("--keep", default="", help="after the run, keep only these variants' files (comma-separated; "
+                                             "'chosen' = the chosen one) for a compact committed artifact")
     args = ap.parse_args()
     console = Console(stderr=True, width=200)
     command = "python " + " ".join(sys.argv)
@@ -114,6 +116,9 @@ def main() -> None:
           f"{int8}: {p['gops_single']:.1f} GOPS one image ({p['fraction_single']:.0%}), "
           f"{p['gops_in_flight']:.1f} GOPS in flight ({p['fraction_in_flight']:.0%})")
     console.print(f"results: {out}")
+    if args.keep:
+        keep = {art.spec.chosen if k == "chosen" else k for k in args.keep.split(",")}
+        console.print(f"removed variants: {', '.join(art.keep_variants(keep)) or 'none'}")
 
 
 if __name__ == "__main__":

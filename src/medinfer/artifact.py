@@ -155,6 +155,24 @@ class ModelArtifact:
     def upsert_variant(self, record: VariantRecord) -> None:
         self.spec.variants = [v for v in self.spec.variants if v.name != record.name] + [record]
 
+    def keep_variants(self, names: set[str]) -> list[str]:
+        """Delete every variant not in ``names`` (files and records); returns the names removed.
+
+        For committing a compact artifact: the weights plus the variants it serves with;
+        ``medinfer optimize`` rebuilds the others. The gate's full record belongs in the
+        benchmark results.
+        """
+        removed = [v for v in self.spec.variants if v.name not in names]
+        for v in removed:
+            path = self.root / v.path
+            for f in (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,):
+                f.unlink(missing_ok=True)
+        self.spec.variants = [v for v in self.spec.variants if v.name in names]
+        if self.spec.chosen not in names:
+            self.spec.chosen = None
+        self.save()
+        return [v.name for v in removed]
+
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """Zero tensor of the network's input shape (batch, C, *spatial)."""
         import torch

@@ -143,3 +143,22 @@ def test_variant_lookup_and_upsert(tmp_path: Path) -> None:
     assert art.variant("openvino-int8").latency_ms == 1.0  # replaced, not duplicated
     with pytest.raises(ArtifactError, match="onnxruntime-fp32"):  # lists what is available
         art.variant("torch-int8")
+
+
+def test_keep_variants_removes_files_and_records(tmp_path: Path) -> None:
+    from medinfer.artifact import VariantRecord
+
+    art = ModelArtifact(tmp_path / "k", _spec())
+    art.save()
+    (art.root / "variants").mkdir()
+    for name in ("a.onnx", "b.xml", "b.bin"):
+        (art.root / "variants" / name).write_text("x")
+    art.upsert_variant(VariantRecord(name="onnxruntime-fp32", backend="onnxruntime", precision="fp32",
+                                     path="variants/a.onnx"))
+    art.upsert_variant(VariantRecord(name="openvino-int8", backend="openvino", precision="int8",
+                                     path="variants/b.xml"))
+    art.spec.chosen = "onnxruntime-fp32"
+    assert art.keep_variants({"openvino-int8"}) == ["onnxruntime-fp32"]
+    assert sorted(p.name for p in (art.root / "variants").iterdir()) == ["b.bin", "b.xml"]
+    loaded = ModelArtifact.load(art.root)
+    assert [v.name for v in loaded.spec.variants] == ["openvino-int8"] and loaded.spec.chosen is None
