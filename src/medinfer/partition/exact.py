@@ -13,7 +13,6 @@ and activations that do not fit the budget go to memory-mapped files.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -133,7 +132,7 @@ def _layerwise(model: torch.nn.Module, x: torch.Tensor, layout: Layout, geom: Ne
         try:
             with tracking(model):
                 y = model(ctx.wrap(x, layout))
-            out = gather(y).clone() if math.prod(layout.grid) else gather(y)
+            out = gather(y)
             if ctx.spilled_bytes:
                 log.info("kept %.1f GiB of activations on disk", ctx.spilled_bytes / 2**30)
             del y

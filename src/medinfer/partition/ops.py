@@ -211,7 +211,11 @@ def _stats_reducer(kind: str, batch: int, channels: int,
 
 def normalize(x: TiledTensor, kind: str, weight: torch.Tensor | None, bias: torch.Tensor | None,
               eps: float, groups: int = 1) -> tuple[TiledTensor, torch.Tensor, torch.Tensor]:
-    """Normalize with statistics over the whole volume (two passes: mean, then Σ(x-μ)²).
+    """Normalize with statistics over the whole volume, in one pass over the blocks.
+
+    Each block contributes its voxel count ``n``, ``n·μ_b`` and ``M2_b + n·μ_b²`` (from
+    ``torch.var_mean``, accurate in float32), summed in float64 over blocks and ranks;
+    ``var = (Σ(M2_b + n·μ_b²) - N·μ²) / N``.
 
     Args:
         kind: ``instance`` (per sample and channel), ``group`` or ``batch`` (per channel).
@@ -223,25 +227,26 @@ def normalize(x: TiledTensor, kind: str, weight: torch.Tensor | None, bias: torc
     b, c = store.batch, store.channels
     reduce, per = _stats_reducer(kind, b, c, groups)
     dims = tuple(range(2, 2 + len(x.layout.shape)))
-    own = ctx.blocks(x.layout)
+    parts = torch.zeros(2, b, c, dtype=torch.float64)
+    for i in ctx.blocks(x.layout):
+        blk = x.block(i)
+        var_b, mean_b = torch.var_mean(blk, dim=dims, correction=0)
+        n = math.prod(blk.shape[2:])
+        mean_b = mean_b.double()
+        parts = parts + torch.stack([n * mean_b, n * (var_b.double() + mean_b * mean_b)])
+    parts = ctx.all_reduce(parts)
     count = per * math.prod(x.layout.shape)
-    total = sum(x.block(i).sum(dims, dtype=torch.float64) for i in own)
-    mean = reduce(ctx.all_reduce(total if own else torch.zeros(b, c, dtype=torch.float64))) / count
-    m = mean.to(store.dtype).view(b, c, *(1,) * len(dims))
-    sq = sum(((x.block(i) - m) ** 2).sum(dims, dtype=torch.float64) for i in own)
-    var = reduce(ctx.all_reduce(sq if own else torch.zeros(b, c, dtype=torch.float64))) / count
-    scale = (var + eps).rsqrt().to(store.dtype).view(b, c, *(1,) * len(dims))
-    shape = (1, c, *(1,) * len(dims))
-    w = weight.view(shape) if weight is not None else None
-    bb = bias.view(shape) if bias is not None else None
-
-    def apply(blk: torch.Tensor) -> torch.Tensor:
-        y = (blk - m) * scale
-        if w is not None:
-            y = y * w
-        return y + bb if bb is not None else y
-
-    return blockwise(apply, x, name=f"{kind}_norm"), mean, var
+    mean = reduce(parts[0]) / count
+    var = (reduce(parts[1]) / count - mean * mean).clamp_min(0)
+    scale = (var + eps).rsqrt()
+    if weight is not None:
+        scale = scale * weight.double()
+    shift = -mean * scale
+    if bias is not None:
+        shift = shift + bias.double()
+    view = (b, c, *(1,) * len(dims))
+    a, s = scale.to(store.dtype).view(view), shift.to(store.dtype).view(view)
+    return blockwise(lambda blk: torch.addcmul(s, blk, a), x, name=f"{kind}_norm"), mean, var
 
 
 @handles(F.instance_norm)

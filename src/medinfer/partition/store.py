@@ -33,21 +33,34 @@ def _slices(region: Region) -> tuple[slice, ...]:
 
 
 class RamStore:
-    """An activation held as one tensor ``(N, C, *shape)``; blocks are views into it."""
+    """An activation held block by block in RAM (no copy when a layer writes its output)."""
 
     def __init__(self, layout: Layout, batch: int, channels: int, dtype: torch.dtype) -> None:
         self.layout, self.batch, self.channels, self.dtype = layout, batch, channels, dtype
-        self.data = torch.empty((batch, channels, *layout.shape), dtype=dtype)
-
-    @property
-    def nbytes(self) -> int:
-        return self.data.numel() * self.data.element_size()
+        self.blocks: dict[BlockIndex, torch.Tensor] = {}
 
     def read(self, region: Region) -> torch.Tensor:
-        return self.data[_slices(region)]
+        for idx, block in self.blocks.items():
+            if self.layout.region(idx) == region:
+                return block
+        out = torch.zeros((self.batch, self.channels, *(hi - lo for lo, hi in region)),
+                          dtype=self.dtype)
+        self.read_into(out, region)
+        return out
+
+    def read_into(self, out: torch.Tensor, region: Region) -> None:
+        """Copy the voxels of ``region`` this store holds into ``out`` (which spans ``region``)."""
+        for idx, block in self.blocks.items():
+            own = self.layout.region(idx)
+            both = [(max(a, c), min(b, d)) for (a, b), (c, d) in zip(own, region)]
+            if any(lo >= hi for lo, hi in both):
+                continue
+            src = (slice(None), slice(None), *(slice(lo - a, hi - a) for (lo, hi), (a, _) in zip(both, own)))
+            dst = (slice(None), slice(None), *(slice(lo - c, hi - c) for (lo, hi), (c, _) in zip(both, region)))
+            out[dst] = block[src]
 
     def write(self, idx: BlockIndex, block: torch.Tensor) -> None:
-        self.data[_slices(self.layout.region(idx))] = block
+        self.blocks[idx] = block
 
 
 class DiskStore:
@@ -71,6 +84,12 @@ class DiskStore:
         out = torch.from_numpy(np.array(mm[_slices(region)]))
         del mm
         return out
+
+    def read_into(self, out: torch.Tensor, region: Region) -> None:
+        inside = tuple(clip(iv, n) for iv, n in zip(region, self.layout.shape))
+        dst = (slice(None), slice(None),
+               *(slice(lo - r, hi - r) for (lo, hi), (r, _) in zip(inside, region)))
+        out[dst] = self.read(inside)
 
     def write(self, idx: BlockIndex, block: torch.Tensor) -> None:
         mm = self._map("r+")
@@ -141,6 +160,13 @@ class LocalContext:
               needs: Sequence[Need], fill: str) -> torch.Tensor:
         want = tuple(need(iv) for need, iv in zip(needs, out_layout.region(idx)))
         shape = x.layout.shape
+        if fill == "zeros":  # one copy: the window starts as zeros (the padding)
+            if want in [x.layout.region(i) for i in x.layout.indices()]:
+                return x.store.read(want)
+            out = torch.zeros((x.store.batch, x.store.channels, *(hi - lo for lo, hi in want)),
+                              dtype=x.store.dtype)
+            x.store.read_into(out, want)
+            return out
         inside = tuple(clip(iv, n) for iv, n in zip(want, shape))
         block = x.store.read(inside)
         return pad_outside(block, [outside(iv, n) for iv, n in zip(want, shape)], fill)
@@ -162,6 +188,7 @@ class LocalContext:
 
 def gather(t: TiledTensor) -> torch.Tensor:
     """All blocks of a local partitioned tensor as one plain tensor."""
-    if isinstance(t.store, RamStore):
-        return t.store.data
-    return t.store.read(tuple((0, n) for n in t.layout.shape))
+    whole = tuple((0, n) for n in t.layout.shape)
+    if isinstance(t.store, RamStore) and len(t.store.blocks) == 1:
+        return next(iter(t.store.blocks.values()))
+    return t.store.read(whole)

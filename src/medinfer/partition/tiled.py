@@ -40,6 +40,9 @@ class Store(Protocol):
     def read(self, region: Region) -> torch.Tensor:
         """Voxels of ``region`` (inside the volume), shape ``(N, C, *region sizes)``."""
 
+    def read_into(self, out: torch.Tensor, region: Region) -> None:
+        """Copy the voxels of ``region`` held here into ``out`` (shaped like ``region``)."""
+
     def write(self, idx: BlockIndex, block: torch.Tensor) -> None:
         """Store block ``idx``."""
 
