@@ -205,7 +205,7 @@ def cube_tile(voxels: float, shape: Sequence[int], align: Sequence[int]) -> tupl
     side = max(1.0, voxels ** (1.0 / len(shape)))
     out = []
     for n, a in zip(shape, align):
-        t = max(a, int(side) // a * a)
+        t = max(a, int(side + 1e-6) // a * a)
         out.append(min(n, t))
     return tuple(out)
 

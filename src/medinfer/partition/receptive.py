@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from medinfer.partition import ops
-from medinfer.partition.errors import UnpartitionableLayerError
-from medinfer.partition.tiled import HANDLERS, tracking
+from medinfer.partition.errors import PartitionGeometryError, UnpartitionableLayerError
+from medinfer.partition.tiled import HANDLERS, tracking, unsupported
 
 _META_NAMES = {"dim", "size", "__len__", "is_floating_point", "is_contiguous", "numel",
                "element_size", "get_device", "__format__"}
@@ -146,9 +146,10 @@ def _windowed_reach(r: Reach, kind: str, k: Sequence[int], s: Sequence[int],
             lo.append(r.lo[i] + j * Fraction(k[i] - 1 - p[i], s[i]))
             hi.append(r.hi[i] + j * Fraction(p[i] + s[i] - 1, s[i]))
             jump.append(j / s[i])
-        else:  # upsampling by s (k = 1 nearest, k = 2 linear)
-            lo.append(r.lo[i] + (2 * j if k[i] == 2 else j))
-            hi.append(r.hi[i] + (2 * j if k[i] == 2 else 0))
+        else:  # upsampling by s: nearest (k = 1) repeats a voxel, linear (k = 2) blends two
+            grow = 2 * j if k[i] == 2 else j * Fraction(s[i] - 1, s[i])
+            lo.append(r.lo[i] + grow)
+            hi.append(r.hi[i] + grow)
             jump.append(j / s[i])
     return Reach(tuple(lo), tuple(hi), tuple(jump))
 
@@ -212,6 +213,17 @@ _SHAPING = {F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv
             torch.cat, torch.concat, torch.concatenate}
 
 
+def _validate(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, Any]) -> None:
+    """Refuse here what the partitioned rules would refuse (one-pass tiling never meets them)."""
+    if func in (torch.cat, torch.concat, torch.concatenate):
+        dim = kwargs.get("dim", args[1] if len(args) > 1 else 0)
+        if dim % args[0][0].dim() != 1:
+            raise UnpartitionableLayerError(
+                _layer_name("cat"), reason=f"cat only along channels (dim 1), not dim {dim}")
+    if func is F.pad and any(kwargs.get("pad", args[1] if len(args) > 1 else ())):
+        raise UnpartitionableLayerError(_layer_name("pad"), reason="explicit padding inside the network")
+
+
 def _layer_name(default: str) -> str:
     from medinfer.partition.tiled import _MODULES
 
@@ -226,7 +238,8 @@ def _trace_op(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, A
                 return func(*args, **kwargs)
         if name == "__repr__":
             return f"TraceTensor(shape={tuple(args[0].shape)})"
-        raise UnpartitionableLayerError(_layer_name(name), reason="no partitioned rule")
+        raise unsupported(name)
+    _validate(func, args, kwargs)
     traced = _traced(args)
     trace = _TRACE[-1]
     nd = traced[0].dim() - 2
@@ -278,10 +291,18 @@ def network_geometry(model: torch.nn.Module, in_channels: int,
     try:
         with tracking(model), torch.no_grad():
             y = model(x)
+    except RuntimeError as exc:  # shape mismatches inside the network (odd sides, ...)
+        raise PartitionGeometryError(
+            f"the network does not run on a volume of {tuple(shape)} ({exc}); make the sides "
+            "multiples of its total stride") from exc
     finally:
         _TRACE.pop()
     if not isinstance(y, TraceTensor):
         raise UnpartitionableLayerError(type(y).__name__, reason="output is not one tensor")
+    if tuple(y.shape[2:]) != tuple(shape):
+        raise UnpartitionableLayerError(
+            type(model).__name__, reason=f"output {tuple(y.shape[2:])} is not voxel-aligned "
+                                         f"with the input {tuple(shape)} (dense prediction only)")
     align = []
     for axis in range(nd):
         ints = [int(j[axis]) for j in trace.jumps if j[axis].denominator == 1]

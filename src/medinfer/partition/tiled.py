@@ -117,9 +117,14 @@ def dispatch(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, An
     if name == "__repr__":
         t = args[0]
         return f"TiledTensor(shape={tuple(t.shape)}, grid={t.layout.grid})"
-    module = _MODULES[-1] if _MODULES else ("", "")
-    layer = f"{module[1]} ({name})" if module[1] else name
-    raise UnpartitionableLayerError(layer, module[0], "no partitioned rule for this operation")
+    raise unsupported(name)
+
+
+def unsupported(op: str) -> UnpartitionableLayerError:
+    """The error for operation ``op`` reached inside the module now running."""
+    path, cls = _MODULES[-1] if _MODULES else ("", "")
+    layer = f"{cls} ({op})" if cls else op
+    return UnpartitionableLayerError(layer, path, "no partitioned rule for this operation")
 
 
 def handles(*funcs: Callable[..., Any]) -> Callable[[Handler], Handler]:
