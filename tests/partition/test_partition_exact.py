@@ -23,8 +23,8 @@ def _whole(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 CASES = [  # network, volume (C, X, Y, Z), exact_inference keywords
     ("unet-instance", (1, 40, 32, 24), {"tile_shape": (16, 16, 16)}),
     ("unet-instance", (1, 40, 32, 24), {"memory_budget_mb": 0.3}),
+    ("unet-batch", (1, 96, 32, 24), {"tile_shape": (48, 16, 16)}),
     ("unet-batch", (1, 96, 32, 24), {"tile_shape": (16, 16, 16)}),
-    ("unet-batch", (1, 96, 32, 24), {"memory_budget_mb": 2}),
     ("basicunet", (1, 32, 32, 32), {"tile_shape": (16, 16, 16)}),
     ("dynunet", (1, 32, 24, 16), {"tile_shape": (8, 8, 8)}),
 ]
@@ -48,8 +48,12 @@ def test_batch_norm_network_runs_one_pass_with_real_tiles(caplog: pytest.LogCapt
     assert geom.global_stats == () and geom.align == (4, 4, 4)
     assert 0 < geom.halo_lo[0] < 48  # a 16-voxel tile's crop is smaller than the volume
     with caplog.at_level(logging.INFO, logger="medinfer.partition"):
+        exact_inference(net, torch.randn(1, 96, 32, 24), tile_shape=(48, 32, 24))
+    assert "(2, 1, 1) tiles" in caplog.text and "one pass" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="medinfer.partition"):  # tiles narrower than the halo
         exact_inference(net, torch.randn(1, 96, 32, 24), tile_shape=(16, 16, 16))
-    assert "(6, 2, 2) tiles" in caplog.text and "halo" in caplog.text
+    assert "layer by layer" in caplog.text
 
 
 def test_instance_norm_spills_activations_to_disk_and_stays_exact(

@@ -1,10 +1,12 @@
 """Exact memory-bounded tiling in one process: split, run, merge.
 
 Networks without whole-volume statistics (batch norm in eval mode) run once per
-tile: each tile's crop holds its core grown by the network's receptive field
+tile when the tiles are at least as wide as the receptive field: each tile's crop
+holds its core grown by that field
 (:func:`~medinfer.partition.receptive.network_geometry`), aligned to the total
 stride, and the core of the output is kept. Networks with whole-volume statistics
-(instance or group norm) run layer by layer over all tiles at once through
+(instance or group norm), and networks whose tiles would be narrower than their
+receptive field, run layer by layer over all tiles at once through
 :class:`~medinfer.partition.tiled.TiledTensor`: every layer fetches only its own
 small halo, normalization layers reduce their statistics over all tiles first,
 and activations that do not fit the budget go to memory-mapped files.
@@ -33,25 +35,36 @@ _BYTES = 4  # float32
 
 
 def choose_tile(geom: NetworkGeometry, shape: Sequence[int], batch: int,
-                budget_bytes: int | None, tile_shape: Sequence[int] | None) -> tuple[int, ...]:
+                budget_bytes: int | None, tile_shape: Sequence[int] | None,
+                layerwise: bool) -> tuple[int, ...]:
     """Tile shape: the user's (aligned up), else the largest near-cube the budget allows.
 
     One-pass tiles must hold a whole forward pass over the crop (``peak_ratio`` of the
-    input per voxel, twice for the operations' temporaries); layer-by-layer tiles only
-    one operation's input window and output.
+    input per voxel, with room for the operations' temporaries); layer-by-layer tiles
+    only one operation's input window and output.
     """
     align = geom.align
     if tile_shape is not None:
         return tuple(min(n, max(a, -(-t // a) * a)) for t, n, a in zip(tile_shape, shape, align))
     if budget_bytes is None:
         return tuple(shape)
-    if geom.global_stats:
+    if layerwise:
         per_voxel = _BYTES * batch * geom.peak_ratio * 2
         return cube_tile(budget_bytes / 4 / per_voxel, shape, align)
     per_voxel = _BYTES * batch * geom.peak_ratio * 4
     side = (budget_bytes / 3 / per_voxel) ** (1 / len(shape))
     halo = max(lo + hi for lo, hi in zip(geom.halo_lo, geom.halo_hi))
     return cube_tile(max(1.0, side - halo) ** len(shape), shape, align)
+
+
+def one_pass_pays(geom: NetworkGeometry, shape: Sequence[int], tile: Sequence[int]) -> bool:
+    """Whether tiles with the whole receptive field as halo beat running layer by layer.
+
+    Only without whole-volume statistics, and only while each tile is at least as wide
+    as its halo (else the crops recompute the same voxels many times over).
+    """
+    return not geom.global_stats and all(
+        t >= n or t >= lo + hi for t, n, lo, hi in zip(tile, shape, geom.halo_lo, geom.halo_hi))
 
 
 def exact_inference(model: torch.nn.Module, volume: torch.Tensor,
@@ -93,15 +106,18 @@ def exact_inference(model: torch.nn.Module, volume: torch.Tensor,
             raise PartitionGeometryError(
                 f"volume shape {shape} is not a multiple of the network's total stride {geom.align}")
     budget = None if memory_budget_mb is None else int(memory_budget_mb * 2**20)
-    tile = choose_tile(geom, shape, x.shape[0], budget, tile_shape)
+    tile = choose_tile(geom, shape, x.shape[0], budget, tile_shape, layerwise=False)
+    one_pass = one_pass_pays(geom, shape, tile)
+    if not one_pass and tile_shape is None:
+        tile = choose_tile(geom, shape, x.shape[0], budget, None, layerwise=True)
     layout = Layout(tuple(tile_axis(n, t, a) for n, t, a in zip(shape, tile, geom.align)))
     log.info("exact tiling: %s tiles of %s, %s", layout.grid, tile,
-             "layer by layer" if geom.global_stats else f"halo {geom.halo_lo}/{geom.halo_hi}")
+             f"one pass, halo {geom.halo_lo}/{geom.halo_hi}" if one_pass else "layer by layer")
     with torch.no_grad():
-        if geom.global_stats:
-            out = _layerwise(model, x, layout, geom, budget, progress, workdir)
-        else:
+        if one_pass:
             out = _one_pass(model, x, layout, geom, progress)
+        else:
+            out = _layerwise(model, x, layout, geom, budget, progress, workdir)
     return out[0] if squeezed else out
 
 

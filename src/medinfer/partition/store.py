@@ -160,12 +160,15 @@ class LocalContext:
               needs: Sequence[Need], fill: str) -> torch.Tensor:
         want = tuple(need(iv) for need, iv in zip(needs, out_layout.region(idx)))
         shape = x.layout.shape
-        if fill == "zeros":  # one copy: the window starts as zeros (the padding)
+        if fill == "zeros":  # one copy of the blocks into the window; zeros only outside
             if want in [x.layout.region(i) for i in x.layout.indices()]:
                 return x.store.read(want)
-            out = torch.zeros((x.store.batch, x.store.channels, *(hi - lo for lo, hi in want)),
+            out = torch.empty((x.store.batch, x.store.channels, *(hi - lo for lo, hi in want)),
                               dtype=x.store.dtype)
-            x.store.read_into(out, want)
+            for axis, (before, after) in enumerate(outside(iv, n) for iv, n in zip(want, shape)):
+                out.narrow(axis + 2, 0, before).zero_()
+                out.narrow(axis + 2, out.shape[axis + 2] - after, after).zero_()
+            x.store.read_into(out, want)  # the blocks cover everything inside the volume
             return out
         inside = tuple(clip(iv, n) for iv, n in zip(want, shape))
         block = x.store.read(inside)
