@@ -258,7 +258,7 @@ def demo(
 
 @app.command()
 def partition(
-    input: Annotated[Path, typer.Argument(help="NIfTI volume to segment.")],
+    volume: Annotated[Path, typer.Argument(metavar="INPUT.nii.gz", help="NIfTI volume to segment.")],
     model: Annotated[Path, typer.Option(help="Model artifact folder (a 3D network).")],
     out: Annotated[Path, typer.Option(help="Label map to write (.nii.gz).")],
     mesh: Annotated[str, typer.Option(help="Ranks per axis, e.g. 2x2x1 (torchrun when > 1).")] = "1x1x1",
@@ -275,7 +275,7 @@ def partition(
         raise typer.BadParameter(str(exc), param_hint="--mesh") from exc
     if len(spatial) != 3:
         raise typer.BadParameter(f"{mesh!r} needs three axes", param_hint="--mesh")
-    job = PartitionJob(model, input, out, spatial, memory_budget_mb, threads)  # type: ignore[arg-type]
+    job = PartitionJob(model, volume, out, spatial, memory_budget_mb, threads)  # type: ignore[arg-type]
     try:
         path = run_job(job)
     except MedinferError as exc:

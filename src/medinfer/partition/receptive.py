@@ -260,7 +260,7 @@ def _trace_op(func: Callable[..., Any], args: Sequence[Any], kwargs: dict[str, A
     trace.peak = max(trace.peak, (n_in + out.numel()) / trace.voxels)
     trace.total += out.numel() / trace.voxels
     if isinstance(out, torch.Tensor):
-        if traced[0] is args[0] and name.endswith("_") or name.startswith("__i"):
+        if traced[0] is args[0] and (name.endswith("_") or name.startswith("__i")):  # in place
             args[0].reach = reach
             return args[0]
         return TraceTensor(out, reach)
