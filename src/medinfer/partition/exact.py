@@ -23,7 +23,7 @@ import torch
 from medinfer.partition import ops  # noqa: F401  (registers the partitioned rules)
 from medinfer.partition.check import as_batch, check_partitionable
 from medinfer.partition.errors import PartitionGeometryError
-from medinfer.partition.geometry import Layout, cube_tile, halo_tiles, tile_axis
+from medinfer.partition.geometry import Layout, cube_tile, halo_tiles, split_axis, tile_axis
 from medinfer.partition.progress import progress_bar
 from medinfer.partition.receptive import NetworkGeometry, network_geometry
 from medinfer.partition.store import LocalContext, gather
@@ -110,7 +110,11 @@ def exact_inference(model: torch.nn.Module, volume: torch.Tensor,
     one_pass = one_pass_pays(geom, shape, tile)
     if not one_pass and tile_shape is None:
         tile = choose_tile(geom, shape, x.shape[0], budget, None, layerwise=True)
-    layout = Layout(tuple(tile_axis(n, t, a) for n, t, a in zip(shape, tile, geom.align)))
+    if tile_shape is None:  # budget-sized tiles: as many as needed, balanced (no thin last tile)
+        layout = Layout(tuple(split_axis(n, -(-n // t), a)
+                              for n, t, a in zip(shape, tile, geom.align)))
+    else:
+        layout = Layout(tuple(tile_axis(n, t, a) for n, t, a in zip(shape, tile, geom.align)))
     log.info("exact tiling: %s tiles of %s, %s", layout.grid, tile,
              f"one pass, halo {geom.halo_lo}/{geom.halo_hi}" if one_pass else "layer by layer")
     with torch.no_grad():
