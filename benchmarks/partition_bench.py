@@ -141,7 +141,12 @@ def fidelity(args: argparse.Namespace) -> dict:
             y = np.load(r.pop("path"))
             r["max_abs_diff"] = float(np.abs(y - ref).max())
             r["max_rel_diff"] = r["max_abs_diff"] / scale
-            r["label_disagreements"] = int((y.argmax(0) != ref_labels).sum())
+            differ = y.argmax(0) != ref_labels
+            r["label_disagreements"] = int(differ.sum())
+            # how close to a tie the whole-volume logits are where the labels differ
+            top2 = np.sort(ref[:, differ], axis=0)[-2:] if differ.any() else np.zeros((2, 0))
+            r["max_ref_margin_at_disagreements"] = float((top2[1] - top2[0]).max()) \
+                if differ.any() else 0.0
             r["label_disagreement_pct"] = 100.0 * r["label_disagreements"] / ref_labels.size
     return {"size": args.size, "voxels": args.size ** 3, "rows": rows}
 
