@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import json
 import logging
-import math
 import os
 import statistics
 import subprocess
