@@ -22,7 +22,7 @@ def _whole(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 CASES = [  # network, volume (C, X, Y, Z), exact_inference keywords
     ("unet-instance", (1, 40, 32, 24), {"tile_shape": (16, 16, 16)}),
-    ("unet-instance", (1, 40, 32, 24), {"memory_budget_mb": 0.3}),
+    ("unet-instance", (1, 40, 32, 24), {"memory_budget_mb": 1}),
     ("unet-batch", (1, 96, 32, 24), {"tile_shape": (48, 16, 16)}),
     ("unet-batch", (1, 96, 32, 24), {"tile_shape": (16, 16, 16)}),
     ("basicunet", (1, 32, 32, 32), {"tile_shape": (16, 16, 16)}),
