@@ -243,8 +243,10 @@ def normalize(x: TiledTensor, kind: str, weight: torch.Tensor | None, bias: torc
     b, c = store.batch, store.channels
     reduce, per = _stats_reducer(kind, b, c, groups)
     dims = tuple(range(2, 2 + len(x.layout.shape)))
-    parts = torch.zeros(2, b, c, dtype=torch.float64)
-    for i in ctx.blocks(x.layout):
+    own = ctx.blocks(x.layout)
+    device = x.block(own[0]).device if own else torch.device("cpu")
+    parts = torch.zeros(2, b, c, dtype=torch.float64, device=device)
+    for i in own:
         blk = x.block(i)
         var_b, mean_b = torch.var_mean(blk, dim=dims, correction=0)
         n = math.prod(blk.shape[2:])
