@@ -12,7 +12,7 @@ Usage (repository root, after `make install`):
     .venv/bin/python benchmarks/partition_bench.py speed --size 256 --budget-mb 1500
     .venv/bin/python benchmarks/partition_bench.py memory --sizes 128 192 256
     .venv/bin/python benchmarks/partition_bench.py memory --sizes 512 --budget-mb 8000 --tag 512
-    .venv/bin/python benchmarks/partition_bench.py scaling --size 64
+    .venv/bin/python benchmarks/partition_bench.py scaling --size 96
 
 Each writes benchmarks/results/partition_<mode>_<UTC date>.json and prints a Markdown table.
 """
@@ -204,7 +204,7 @@ def rank_main(args: argparse.Namespace) -> None:
     out: dict[str, object] = {"ranks": world, "mesh": mesh}
     for kind in ("inference", "train_step"):
         times, sent = [], []
-        for _ in range(args.rounds):
+        for r in range(args.rounds + 1):  # round 0 warms up (oneDNN primitives, allocator)
             dist.barrier()
             t0 = time.perf_counter()
             if kind == "inference":
@@ -216,7 +216,8 @@ def rank_main(args: argparse.Namespace) -> None:
                                        lambda o, t: F.cross_entropy(o, t, reduction="sum"),
                                        Mesh(mesh))
             dist.barrier()
-            times.append(time.perf_counter() - t0)
+            if r > 0:
+                times.append(time.perf_counter() - t0)
             total = torch.tensor([LAST_STATS.bytes_sent], dtype=torch.float64)
             dist.all_reduce(total)
             sent.append(float(total))
