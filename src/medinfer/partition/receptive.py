@@ -25,10 +25,7 @@ import torch.nn.functional as F
 
 from medinfer.partition import ops
 from medinfer.partition.errors import PartitionGeometryError, UnpartitionableLayerError
-from medinfer.partition.tiled import HANDLERS, tracking, unsupported
-
-_META_NAMES = {"dim", "size", "__len__", "is_floating_point", "is_contiguous", "numel",
-               "element_size", "get_device", "__format__"}
+from medinfer.partition.tiled import _META_NAMES, HANDLERS, tracking, unsupported
 
 
 @dataclass(frozen=True)
