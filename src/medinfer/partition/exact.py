@@ -83,6 +83,9 @@ def exact_inference(model: torch.nn.Module, volume: torch.Tensor,
         tile_shape: tile size in voxels (rounded up to the total stride); overrides the
             budget's choice.
         progress: show a rich progress bar.
+
+    Runs on the CPU (model and volume on the CPU; memory-mapped activations are host
+    memory); for GPUs, split the volume over ranks with :func:`distributed_inference`.
         workdir: folder for memory-mapped activations (default: a temporary folder).
 
     Returns:
