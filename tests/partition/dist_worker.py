@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import BRAIN, brain_crop, max_rel_diff, tiny_net  # noqa: E402
+from partition_helpers import BRAIN, brain_crop, max_rel_diff, tiny_net  # noqa: E402
 
 from medinfer.partition.distributed import Mesh, distributed_inference, partitioned_train_step  # noqa: E402
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BRAIN
+from partition_helpers import BRAIN
 
 TOL = 1e-4
 WORKER = Path(__file__).with_name("dist_worker.py")

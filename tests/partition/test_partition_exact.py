@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import max_rel_diff, tiny_net
+from partition_helpers import max_rel_diff, tiny_net
 
 from medinfer.partition import exact_inference, network_geometry
 from medinfer.partition.errors import PartitionGeometryError
