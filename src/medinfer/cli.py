@@ -400,6 +400,33 @@ def demo(
         raise _fail(exc) from exc
 
 
+@app.command()
+def partition(
+    volume: Annotated[Path, typer.Argument(metavar="INPUT.nii.gz", help="NIfTI volume to segment.")],
+    model: Annotated[Path, typer.Option(help="Model artifact folder (a 3D network).")],
+    out: Annotated[Path, typer.Option(help="Label map to write (.nii.gz).")],
+    mesh: Annotated[str, typer.Option(help="Ranks per axis, e.g. 2x2x1 (torchrun when > 1).")] = "1x1x1",
+    memory_budget_mb: Annotated[Optional[float], typer.Option(help="Budget of one-process tiling (MiB).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="torch threads per process.")] = None,
+) -> None:
+    """Exact whole-volume segmentation, tiled within a memory budget or split over ranks."""
+    from medinfer.partition.app import PartitionJob, run_job
+    from medinfer.partition.distributed import Mesh
+
+    try:
+        spatial = Mesh.parse(mesh).spatial
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--mesh") from exc
+    if len(spatial) != 3:
+        raise typer.BadParameter(f"{mesh!r} needs three axes", param_hint="--mesh")
+    job = PartitionJob(model, volume, out, spatial, memory_budget_mb, threads)  # type: ignore[arg-type]
+    try:
+        path = run_job(job)
+    except MedinferError as exc:
+        raise _fail(exc) from exc
+    console.print(f"wrote {path}")
+
+
 # `medinfer serve ...`: the DICOM inference service (imports its libraries only when run).
 from medinfer.serve.cli import serve_app  # noqa: E402
 
