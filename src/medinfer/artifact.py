@@ -164,6 +164,8 @@ class ModelArtifact:
         """
         removed = [v for v in self.spec.variants if v.name not in names]
         for v in removed:
+            if not v.path:  # torch-fp32: the artifact's own weights stay
+                continue
             path = self.root / v.path
             for f in (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,):
                 f.unlink(missing_ok=True)
