@@ -36,7 +36,15 @@ def pick_int8(art: ModelArtifact) -> str:
 
 def build_report(art: ModelArtifact, bench: BenchmarkResult, val_dir: str | Path, out: str | Path,
                  n_overlays: int = 4, threads: int = 2) -> Path:
-    """Render the report with overlays of the first ``n_overlays`` validation images."""
+    """Render the report: overlays of the first ``n_overlays`` validation images (segmentation),
+    or explanations of a few false positives (classification: heat-maps and neighbours)."""
+    if art.spec.task == "classification":
+        from medinfer.report.explain import false_positive_section
+
+        section = false_positive_section(art, val_dir, n=n_overlays)
+        return render_report(bench, art, [], Path(out), "torch-fp32", pick_int8(art), extra_html=section)
+    if len(art.spec.input.spatial) == 3:  # volumes: the tables and plots (slice overlays not drawn yet)
+        return render_report(bench, art, [], Path(out), "torch-fp32", pick_int8(art))
     data = load_pairs(find_pairs(val_dir)[:n_overlays], art.spec.preprocessing)
     masks = {}
     int8_name = pick_int8(art)

@@ -11,7 +11,7 @@ import jinja2
 import numpy as np
 
 from medinfer.artifact import ModelArtifact
-from medinfer.report.tables import columns, ladder_rows
+from medinfer.report.tables import metric_keys, columns, ladder_rows
 from medinfer.runtime.bench import BenchmarkResult
 
 
@@ -55,7 +55,7 @@ def ladder_chart(bench: BenchmarkResult) -> str:
         ax.invert_yaxis()
     axes[1].set_yticklabels([])
     axes[2].set_yticklabels([])
-    fig.suptitle("grey: reference · green: passes the Dice gate · red: rejected · gold edge: chosen")
+    fig.suptitle("grey: reference · green: passes the accuracy gate · red: rejected · gold edge: chosen")
     out = _png_b64(fig)
     plt.close(fig)
     return out
@@ -71,12 +71,20 @@ def learning_curve(art: ModelArtifact) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    ax.plot(ep, [h["val_dice"] for h in history], label="validation Dice")
-    ax.plot(ep, [h["val_iou"] for h in history], label="validation IoU")
-    ax.plot(ep, [1 - h["train_loss"] for h in history], label="1 − training Dice loss", alpha=0.6)
-    ax.axhline(0.8162, ls="--", c="grey", lw=1, label="paper ResUNet Dice 0.8162")
+    if art.spec.task == "classification":
+        ep = [h["epoch"] for h in history]
+        ax.plot(ep, [h["val_mean_auc"] for h in history], label="validation mean AUC")
+        ax.plot(ep, [h["val_abnormal_auc"] for h in history], label="validation abnormal AUC")
+        ax.axhline(0.843, ls="--", c="grey", lw=1, label="seed CheXNet mean AUC 0.843 (112k full-size images)")
+    else:  # 3D training validates every few epochs: plot the epochs that have a score
+        scored = [h for h in history if "val_dice" in h]
+        ep = [h["epoch"] for h in scored]
+        ax.plot(ep, [h["val_dice"] for h in scored], label="validation Dice")
+        ax.plot(ep, [h["val_iou"] for h in scored], label="validation IoU")
+        if art.spec.architecture == "resunet":
+            ax.plot(ep, [1 - h["train_loss"] for h in scored], label="1 − training Dice loss", alpha=0.6)
+            ax.axhline(0.8162, ls="--", c="grey", lw=1, label="paper ResUNet Dice 0.8162")
     ax.set_xlabel("epoch")
     ax.set_ylim(0, 1)
     ax.legend(loc="lower right", fontsize=8)
@@ -117,21 +125,21 @@ def overlay_sets(raw: list[np.ndarray], names: list[str], truth: np.ndarray, fp3
 
 
 def render_report(bench: BenchmarkResult, art: ModelArtifact, overlays: list[OverlaySet], out: Path,
-                  fp32_name: str, int8_name: str, max_drop: float | None = None) -> Path:
+                  fp32_name: str, int8_name: str, max_drop: float | None = None, extra_html: str = "") -> Path:
     """Write the self-contained HTML report to ``out``."""
     env = jinja2.Environment(loader=jinja2.PackageLoader("medinfer.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html"]))
     ref = next((v for v in bench.variants if v["name"] == "torch-fp32"), bench.variants[0])
     t = art.spec.training
+    scores = ", ".join(f"{k} {v:.4f}" for k, v in art.spec.metrics.items() if k != "n")
     note = (f"{t.get('epochs_run', '?')} epochs in {float(t.get('seconds', 0)) / 60:.1f} min; best epoch "
-            f"{t.get('best_epoch', '?')}: validation Dice {art.spec.metrics.get('dice', float('nan')):.4f}, "
-            f"IoU {art.spec.metrics.get('iou', float('nan')):.4f} on {t.get('n_val', '?')} held-out images. "
+            f"{t.get('best_epoch', '?')}: validation {scores} on {t.get('n_val', '?')} held-out cases. "
             f"Command: {t.get('command', '')}")
     opt = t.get("optimize") or {}
     html = env.get_template("report.html").render(
-        title=art.root.name, bench=bench, ref=ref, columns=columns(bench), rows=ladder_rows(bench),
+        title=art.root.name, bench=bench, ref=ref, columns=columns(bench), keys=metric_keys(bench), rows=ladder_rows(bench),
         ladder_png=ladder_chart(bench), curve_png=learning_curve(art), training_note=note,
-        overlays=overlays, fp32_name=fp32_name, int8_name=int8_name,
+        overlays=overlays, fp32_name=fp32_name, int8_name=int8_name, extra_html=extra_html,
         max_drop=max_drop if max_drop is not None else opt.get("max_drop", "?"),
         input_size="×".join(str(s) for s in art.spec.input.spatial))
     out.parent.mkdir(parents=True, exist_ok=True)

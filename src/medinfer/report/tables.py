@@ -13,14 +13,14 @@ _METRICS = {"dice": (("dice", "Dice"), ("iou", "IoU")), "mean_auc": (("mean_auc"
                                                                     ("abnormal_auc", "abnormal AUC"))}
 
 
-def _metric_keys(result: BenchmarkResult) -> tuple[tuple[str, str], ...]:
+def metric_keys(result: BenchmarkResult) -> tuple[tuple[str, str], ...]:
     keys = {k for v in result.variants for k in (v.get("metrics") or {})}
     return _METRICS["mean_auc"] if "mean_auc" in keys else _METRICS["dice"]
 
 
 def columns(result: BenchmarkResult) -> tuple[str, ...]:
     """:data:`COLUMNS` with the task's own metric headers."""
-    (_, a), (_, b) = _metric_keys(result)
+    (_, a), (_, b) = metric_keys(result)
     return (COLUMNS[0], a, b, *COLUMNS[3:])
 
 
@@ -35,7 +35,7 @@ def ladder_rows(result: BenchmarkResult) -> list[list[str]]:
     """Formatted cells, speed-up and memory ratios relative to the torch-fp32 row."""
     ref = next((v for v in result.variants if v["name"] == "torch-fp32"), result.variants[0])
     rows = []
-    (k1, _), (k2, _) = _metric_keys(result)
+    (k1, _), (k2, _) = metric_keys(result)
     for v in result.variants:
         m = v.get("metrics", {})
         gate = "ref" if v["name"] == "torch-fp32" else {True: "pass", False: "REJECT", None: "—"}[v.get("passed")]
