@@ -175,15 +175,15 @@ def evaluate(
 
 @app.command()
 def predict(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files (PNG/JPEG/DICOM/NIfTI 2D).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Image or volume files (PNG/JPEG/DICOM/NIfTI).")],
     model: Annotated[Path, typer.Option(help="Model artifact folder.")],
     out: Annotated[Path, typer.Option(help="Output folder for masks and overlays.")],
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     threads: int = 2,
 ) -> None:
-    """Segment images; write <name>_mask.png and <name>_overlay.png for each."""
-    from medinfer.apps.segmentation import predict_files
+    """Run a model on files: masks + overlays (2D), NIfTI masks (3D) or finding scores (JSON)."""
+    from medinfer.apps.predict import predict_files
     from medinfer.runtime import EngineOptions
 
     try:
@@ -191,7 +191,7 @@ def predict(
                                 EngineOptions(threads=threads))
     except MedinferError as exc:
         raise _fail(exc) from exc
-    console.print(f"wrote {len(written)} of {len(inputs)} masks and overlays to {out}")
+    console.print(f"wrote results for {len(written)} of {len(inputs)} inputs to {out}")
     if len(written) < len(inputs):
         raise typer.Exit(code=1)
 

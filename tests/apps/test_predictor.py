@@ -39,3 +39,29 @@ def test_wrong_dimensionality_names_the_file(vol_artifact, cls_data: Path) -> No
     with Predictor.open(vol_artifact.root) as p, pytest.raises(InputError, match="takes 3D") as info:
         p.predict(read_image(path))
     assert str(path) in str(info.value)
+
+
+def test_predict_cli_writes_each_tasks_result(cls_artifact, vol_artifact, cls_data: Path, vol_data: Path,
+                                              tmp_path: Path) -> None:
+    import json
+
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from medinfer.cli import app
+
+    runner = CliRunner()
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    res = runner.invoke(app, ["predict", str(cls_data / "images" / "0.png"), str(bad),
+                              "--model", str(cls_artifact.root), "--out", str(tmp_path / "c")])
+    assert res.exit_code == 1  # one of two inputs failed; the other's result is kept
+    payload = json.loads((tmp_path / "c" / "0.json").read_text())
+    assert set(payload["scores"]) == set(cls_artifact.spec.classes) and payload["input"].endswith("0.png")
+    res = runner.invoke(app, ["predict", str(vol_data / "images" / "v1.nii.gz"),
+                              "--model", str(vol_artifact.root), "--out", str(tmp_path / "v")])
+    assert res.exit_code == 0, res.output
+    written = nib.load(tmp_path / "v" / "v1_mask.nii.gz")
+    source = nib.load(vol_data / "images" / "v1.nii.gz")
+    assert written.shape == source.shape
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-5)

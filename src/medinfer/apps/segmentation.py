@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -11,9 +11,8 @@ import numpy as np
 
 from medinfer.artifact import ModelArtifact
 from medinfer.data.pairs import PairArrays, find_pairs, load_pairs
-from medinfer.data.preprocess import logits_to_mask, prepare_batch, resize_mask
-from medinfer.errors import InputError, MedinferError
-from medinfer.io import read_image, write_mask_png, write_overlay_png
+from medinfer.data.preprocess import logits_to_mask
+from medinfer.errors import MedinferError
 from medinfer.metrics import dice_iou_per_image, summarize
 from medinfer.runtime import Engine, EngineOptions, open_engine, resolve_variant
 
@@ -71,41 +70,3 @@ def evaluate(art: ModelArtifact, data_dir: str | Path, backend: str | None = Non
         return score_engine(engine, data)[0]
     finally:
         engine.close()
-
-
-def predict_files(art: ModelArtifact, inputs: Sequence[str | Path], out_dir: str | Path,
-                  backend: str | None = None, precision: str | None = None,
-                  options: EngineOptions = EngineOptions()) -> list[Path]:
-    """Segment image files; write ``<stem>_mask.png`` and ``<stem>_overlay.png`` per input.
-
-    Masks are resized back to each image's own size. An unreadable input is reported and
-    skipped; the ones already written are kept. Returns the written mask paths.
-
-    Raises:
-        InputError: if no input could be read (the first error is re-raised).
-    """
-    out_dir = Path(out_dir)
-    engine = open_engine(art, resolve_variant(art, backend, precision), options)
-    written, errors = [], []
-    try:
-        for path in inputs:
-            try:
-                image = read_image(path)
-            except InputError as exc:
-                log.error("skipped %s", exc)
-                errors.append(exc)
-                continue
-            if image.ndim_spatial != 2:
-                errors.append(InputError(path, "not a 2D image; the polyp model takes 2D images"))
-                log.error("skipped %s", errors[-1])
-                continue
-            mask = logits_to_mask(engine.infer(prepare_batch([image.array], art.spec.preprocessing)))[0]
-            full = resize_mask(mask, image.spatial_shape)
-            stem = Path(path).name.split(".")[0]
-            written.append(write_mask_png(full, out_dir / f"{stem}_mask.png"))
-            write_overlay_png(image.array, full, out_dir / f"{stem}_overlay.png")
-    finally:
-        engine.close()
-    if errors and not written:
-        raise errors[0]
-    return written
