@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 # keeps every later resolution from reaching for a CUDA build.
 TORCH  := torch==2.13.0
 
-.PHONY: demo test serve install install-test clean
+.PHONY: demo test test-fast serve install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ serve: install
 
 test: install-test
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests marked slow (optimize/quantize, torchrun, Orthanc, browser).
+test-fast: install-test
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs

@@ -65,7 +65,7 @@ def main() -> None:
     report = build_report(art, result, val_dir, args.work / "report.html", threads=args.threads)
     payload = json.loads(result.to_json())
     payload["gate"] = [r.model_dump(mode="json") for r in records]
-    payload["training"] = {k: v for k, v in art.spec.training.items() if k != "history"}
+    payload["training"] = art.spec.training.model_dump(mode="json", exclude={"history"})
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"polyp_ladder_{dt.date.today().isoformat()}.json"
     out.write_text(json.dumps(payload, indent=2) + "\n")

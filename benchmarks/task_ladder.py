@@ -89,7 +89,7 @@ def main() -> None:
                            on_variant=lambda n: status.update(f"bench: {n}"), rounds=args.rounds)
     console.print(ladder_table(result))
     payload = json.loads(result.to_json())
-    primary = art.spec.training.get("optimize", {}).get("primary", "dice")
+    primary = art.spec.training.optimize.get("primary", "dice")
     int8 = art.spec.chosen if art.spec.chosen and "int8" in art.spec.chosen else "openvino-int8"
     payload["ladder"] = steps = ladder_steps(payload, int8, primary)
     peak = int8_matmul_peak(args.threads)
@@ -101,7 +101,7 @@ def main() -> None:
     payload["int8_peak"]["fraction_single"] = payload["int8_peak"]["gops_single"] / peak.gops
     payload["int8_peak"]["fraction_in_flight"] = payload["int8_peak"]["gops_in_flight"] / peak.gops
     payload["gate"] = [r.model_dump(mode="json") for r in records]
-    payload["training"] = {k: v for k, v in art.spec.training.items() if k != "history"}
+    payload["training"] = art.spec.training.model_dump(mode="json", exclude={"history"})
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{args.tag}_{dt.date.today().isoformat()}.json"
     out.write_text(json.dumps(payload, indent=2) + "\n")

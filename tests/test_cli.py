@@ -15,18 +15,13 @@ from medinfer.data.pairs import find_pairs, materialize_pairs
 from medinfer.data.spec import Preprocessing
 from medinfer.train import TrainConfig, train_segmentation
 
-# CI clones the repository with shared/ beside it; a developer checkout sits in /work.
-_BESIDE = Path(__file__).resolve().parents[2] / "shared" / "data"
-KVASIR = (_BESIDE if _BESIDE.is_dir() else Path("/work/shared/data")) / "kvasir-seg"
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
+def tiny_data(tmp_path_factory, shared_path) -> Path:
     """20 real Kvasir-SEG pairs laid out as a Kvasir folder."""
-    if not KVASIR.is_dir():
-        pytest.skip("shared Kvasir-SEG data not present")
-    pairs = sorted(find_pairs(KVASIR), key=lambda p: p.name)[:20]
+    pairs = sorted(find_pairs(shared_path("kvasir-seg")), key=lambda p: p.name)[:20]
     return materialize_pairs(pairs, tmp_path_factory.mktemp("kvasir"))
 
 
@@ -89,6 +84,7 @@ def test_bad_input_gives_one_clear_error(args, needle, tiny_artifact, tiny_data,
     assert "Traceback" not in res.output
 
 
+@pytest.mark.slow  # optimizes (quantizes) and benchmarks every variant
 def test_demo_end_to_end_on_tiny_model(tiny_artifact, tiny_data, tmp_path):
     work = tmp_path / "demo"
     res = runner.invoke(app, ["demo", "--model", str(tiny_artifact), "--data", str(tiny_data),
@@ -103,6 +99,7 @@ def test_demo_end_to_end_on_tiny_model(tiny_artifact, tiny_data, tmp_path):
     assert "report:" in res.output
 
 
+@pytest.mark.slow  # `medinfer optimize`, then bench and report
 def test_optimize_bench_report_commands(tiny_artifact, tiny_data, tmp_path):
     import shutil
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medinfer.data.spec import Preprocessing
 from medinfer.errors import ArtifactError
+from medinfer.variants import REFERENCE, VariantKind, find_kind, get_kind
 
 if TYPE_CHECKING:  # torch is imported only by the methods that need it
     import torch
@@ -39,9 +40,12 @@ class VariantRecord(BaseModel):
     """One optimized form of the model, as stored in the artifact.
 
     Attributes:
-        name: e.g. ``"openvino-int8"``.
+        name: e.g. ``"openvino-int8"`` (a :mod:`medinfer.variants` kind).
         backend: ``torch`` | ``onnxruntime`` | ``openvino``.
-        precision: ``fp32`` | ``int8`` | ``int8-dynamic`` | ``int8-ac`` (accuracy-controlled).
+        precision: the ``--precision`` label: ``fp32`` | ``bf16`` | ``int8`` | ``int8-dynamic`` |
+            ``int8-ac`` (the numeric precision and the quantization method are in :attr:`kind`).
+        quantization: how it was made (``none``, ``static-qdq``, ``dynamic``, ``post-training``,
+            ``accuracy-control``); filled from the registry for records written before it.
         path: file relative to the artifact folder ("" for the torch weights).
         metrics: validation metrics of this variant (the task's: dice/iou or mean_auc/auc/<class>, n).
         passed: whether it kept the metric within the gate.
@@ -55,6 +59,7 @@ class VariantRecord(BaseModel):
     backend: str
     precision: str
     path: str
+    quantization: str = ""
     metrics: dict[str, float] = Field(default_factory=dict)
     passed: bool | None = None
     latency_ms: float | None = None
@@ -63,6 +68,162 @@ class VariantRecord(BaseModel):
     reason: str = ""
     float_layers: list[str] = Field(default_factory=list)
     """Accuracy-controlled INT8: the layers NNCF returned to FP32 to keep the metric."""
+
+    @model_validator(mode="after")
+    def _fill_quantization(self) -> VariantRecord:
+        kind = find_kind(self.name)
+        if not self.quantization and kind is not None:
+            self.quantization = kind.quantization.value
+        return self
+
+    @classmethod
+    def of(cls, kind: VariantKind) -> VariantRecord:
+        """A fresh record of ``kind`` (no metrics yet)."""
+        return cls(name=kind.name, backend=kind.backend, precision=kind.label, path=kind.path,
+                   quantization=kind.quantization.value)
+
+    @property
+    def kind(self) -> VariantKind | None:
+        """The registry entry of this variant (None for a name the registry does not know)."""
+        return find_kind(self.name)
+
+
+TRAINING_RECORD_VERSION = 2
+"""Layout version of :class:`TrainingRecord` (1: the untyped dict of the first training loops)."""
+
+
+class EpochRecord(BaseModel):
+    """One epoch of a training run.
+
+    Attributes:
+        epoch: 1-based epoch number.
+        train_loss: mean loss over the epoch's training batches (None when no batch ran).
+        lr: learning rate during the epoch (None in version-1 3D records, which did not keep it).
+        seconds: wall time of the epoch, its validation included.
+        metrics: the task's validation metrics (``dice``, ``iou``, ``n`` or ``mean_auc``,
+            ``abnormal_auc``, ``auc/<class>``, ``n``); empty when the epoch was not validated.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    epoch: int
+    train_loss: float | None = None
+    lr: float | None = None
+    seconds: float = 0.0
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_v1(cls, data: Any) -> Any:
+        # Version 1 flattened the validation metrics into the entry as ``val_<metric>``.
+        if isinstance(data, dict) and any(str(k).startswith("val_") for k in data):
+            data = dict(data)
+            metrics = dict(data.get("metrics") or {})
+            for key in [k for k in data if str(k).startswith("val_")]:
+                metrics[key[4:]] = data.pop(key)
+            data["metrics"] = metrics
+        return data
+
+    @field_validator("metrics", mode="before")
+    @classmethod
+    def _null_is_nan(cls, value: Any) -> Any:
+        # Version 1 stored an undefined metric (an AUC without positives) as null.
+        if isinstance(value, dict):
+            return {k: float("nan") if v is None else v for k, v in value.items()}
+        return value
+
+
+class DataSplit(BaseModel):
+    """Which cases went into each part of a training run.
+
+    Attributes:
+        unit: what the lists name: ``"patient"`` (patient ids of a labeled folder: the
+            classification split never cuts a patient) or ``"case"`` (image stems, volume names).
+        train: trained on.
+        val: chose the best epoch (and, for classification, the decision thresholds).
+        test: never seen in training (empty when the recipe keeps no test part).
+    """
+
+    unit: Literal["case", "patient"] = "case"
+    train: list[str] = Field(default_factory=list)
+    val: list[str] = Field(default_factory=list)
+    test: list[str] = Field(default_factory=list)
+
+    @field_validator("train", "val", "test", mode="before")
+    @classmethod
+    def _as_strings(cls, value: Any) -> Any:
+        return [str(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+class TrainingRecord(BaseModel):
+    """How an artifact's weights were trained (``artifact.json`` ``training``).
+
+    Written by :func:`medinfer.train.fit`; ``medinfer optimize`` adds :attr:`optimize`.
+    Version-1 records (plain dicts: ``split_patients``, top-level ``train``/``val`` name
+    lists, ``val_<metric>`` history keys) are read into this layout.
+
+    Attributes:
+        format_version: layout version (:data:`TRAINING_RECORD_VERSION`).
+        command: the command line that trained the model.
+        config: the validated training config, as JSON.
+        data: the data folder, as given (relative to where training ran).
+        n_train: training cases.
+        n_val: validation cases.
+        n_test: held-out test cases (None when the recipe keeps no test part).
+        split: the cases or patients of each part (None when not recorded).
+        best_epoch: the epoch whose weights the artifact holds (None before a validation).
+        epochs_run: epochs trained (fewer than configured when the time budget ran out).
+        seconds: wall time of the whole run.
+        torch: ``torch.__version__`` of the run.
+        history: one entry per epoch run.
+        optimize: what ``medinfer optimize`` was run with (calibration, validation, gate).
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    format_version: int = TRAINING_RECORD_VERSION
+    command: str = ""
+    config: dict[str, Any] = Field(default_factory=dict)
+    data: str | None = None
+    n_train: int | None = None
+    n_val: int | None = None
+    n_test: int | None = None
+    split: DataSplit | None = None
+    best_epoch: int | None = None
+    epochs_run: int = 0
+    seconds: float | None = None
+    torch: str | None = None
+    history: list[EpochRecord] = Field(default_factory=list)
+    optimize: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_v1(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        version = data.get("format_version", 1)
+        if isinstance(version, int) and version > TRAINING_RECORD_VERSION:
+            raise ValueError(f"training record format {version} is newer than this medinfer reads "
+                             f"({TRAINING_RECORD_VERSION})")
+        if version == TRAINING_RECORD_VERSION:
+            return data
+        data = dict(data)
+        patients = data.pop("split_patients", None)
+        if isinstance(patients, dict) and data.get("split") is None:
+            data["split"] = {"unit": "patient", **patients}
+        if (data.get("split") is None and isinstance(data.get("train"), list)
+                and isinstance(data.get("val"), list)):
+            data["split"] = {"unit": "case", "train": data.pop("train"), "val": data.pop("val")}
+        data["format_version"] = TRAINING_RECORD_VERSION
+        return data
+
+    def best(self) -> EpochRecord | None:
+        """The history entry of :attr:`best_epoch` (None when there is none)."""
+        return next((h for h in self.history if h.epoch == self.best_epoch), None)
+
+    def validated(self) -> list[EpochRecord]:
+        """The epochs that were validated (3D recipes validate every few epochs)."""
+        return [h for h in self.history if h.metrics]
 
 
 class ArtifactSpec(BaseModel):
@@ -77,7 +238,7 @@ class ArtifactSpec(BaseModel):
     input: InputSpec
     preprocessing: Preprocessing
     metrics: dict[str, float] = Field(default_factory=dict)
-    training: dict[str, object] = Field(default_factory=dict)
+    training: TrainingRecord = Field(default_factory=TrainingRecord)
     variants: list[VariantRecord] = Field(default_factory=list)
     chosen: str | None = None
     classes: list[str] = Field(default_factory=list)
@@ -146,9 +307,17 @@ class ModelArtifact:
         torch.save(net.state_dict(), self.weights_path)
 
     def variant(self, name: str) -> VariantRecord:
+        """The stored record of variant ``name``; the reference (the artifact's own FP32
+        weights) is always there, stored or not.
+
+        Raises:
+            ArtifactError: no such variant was built.
+        """
         for v in self.spec.variants:
             if v.name == name:
                 return v
+        if name == REFERENCE:
+            return VariantRecord.of(get_kind(REFERENCE))
         known = ", ".join(v.name for v in self.spec.variants) or "none (run `medinfer optimize`)"
         raise ArtifactError(self.root, f"no variant {name!r}; available: {known}")
 
@@ -164,16 +333,26 @@ class ModelArtifact:
         """
         removed = [v for v in self.spec.variants if v.name not in names]
         for v in removed:
-            if not v.path:  # torch-fp32: the artifact's own weights stay
+            if not v.path:  # torch: the artifact's own weights stay
                 continue
-            path = self.root / v.path
-            for f in (path, path.with_suffix(".bin")) if path.suffix == ".xml" else (path,):
+            for f in self.variant_files(v):
                 f.unlink(missing_ok=True)
         self.spec.variants = [v for v in self.spec.variants if v.name in names]
         if self.spec.chosen not in names:
             self.spec.chosen = None
         self.save()
         return [v.name for v in removed]
+
+    def variant_files(self, record: VariantRecord) -> list[Path]:
+        """Files making up a variant (OpenVINO IR: .xml + .bin; torch: the weights)."""
+        if not record.path:
+            return [self.weights_path]
+        path = self.root / record.path
+        return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
+
+    def variant_size_mb(self, record: VariantRecord) -> float:
+        """Size on disk of a variant's files, MiB (missing files count 0)."""
+        return sum(f.stat().st_size for f in self.variant_files(record) if f.is_file()) / 2**20
 
     def example_input(self, batch: int = 1) -> torch.Tensor:
         """Zero tensor of the network's input shape (batch, C, *spatial)."""

@@ -9,15 +9,31 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 from rich.logging import RichHandler
 
 from medinfer.errors import MedinferError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Fast, verified, hospital-ready inference for medical-imaging models.")
 console = Console(stderr=True)
+
+
+class _Commands(TyperGroup):
+    """The one place a medinfer error becomes one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MedinferError as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(code=2) from exc
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_enable=False,
+                  help="Fast, verified, hospital-ready inference for medical-imaging models.")
 
 
 def _wide() -> Console:
@@ -36,6 +52,7 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
 
 
 def _fail(exc: MedinferError) -> typer.Exit:
+    """For errors raised inside a command's own code path that is not a MedinferError."""
     console.print(f"[red]error:[/red] {exc}")
     return typer.Exit(code=2)
 
@@ -50,9 +67,12 @@ def _emit_json(payload: dict, out: Path | None) -> None:
 
 @app.command()
 def train(
-    data: Annotated[Path, typer.Option(help="Kvasir layout (images/, masks/) or a labeled folder (labels.csv, images/).")],
-    out: Annotated[Path, typer.Option(help="Artifact folder to write.")],
-    model: Annotated[Optional[str], typer.Option(help="Registered architecture (default: resunet, or densenet121 for a labeled folder).")] = None,
+    ctx: typer.Context,
+    config: Annotated[Optional[Path], typer.Option(help="YAML training config (see config/train.polyp.yaml); flags typed with it override it.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE, dotted, VALUE as YAML (e.g. preprocessing.size=[64,64]); repeatable.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="Kvasir layout (images/, masks/), a labeled folder (labels.csv, images/) or NIfTI volumes (images/, masks/).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Artifact folder to write.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Registered architecture (default: resunet, densenet121 for a labeled folder, unet3d for volumes).")] = None,
     size: Annotated[Optional[int], typer.Option(help="Classification: network input side in pixels.")] = None,
     channels: Annotated[Optional[str], typer.Option(help="Comma-separated channels per level.")] = None,
     epochs: int = 100,
@@ -69,71 +89,26 @@ def train(
 ) -> None:
     """Train a model and save its best epoch as an artifact.
 
-    A folder with ``labels.csv`` trains a multi-label classifier (CheXNet recipe, best
-    epoch by validation mean AUC); image/mask folders train a segmentation model
-    (DQ-ResUNet recipe, best epoch by validation Dice).
+    With ``--config FILE.yaml`` the file describes the run (``--set`` and typed flags
+    override it). Otherwise the flags do, and the data layout picks the recipe: a folder
+    with ``labels.csv`` trains a multi-label classifier (CheXNet recipe, best epoch by
+    validation mean AUC), NIfTI volumes a 3D U-Net on random windows, image/mask folders
+    a 2D segmentation model (DQ-ResUNet recipe, best epoch by validation Dice).
     """
-    from medinfer.data.labels import is_labeled_folder
-    from medinfer.train import TrainConfig, train_segmentation
+    from click.core import ParameterSource
 
-    kwargs: dict[str, object] = {}
-    if channels:
-        kwargs["channels"] = tuple(int(c) for c in channels.split(","))
+    from medinfer.train import run_training
+    from medinfer.train.cli_config import build_config, flags_from_params, summary
+
+    flags = flags_from_params(ctx.params)
+    given = [n for n in ctx.params if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
     command = "medinfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    from medinfer.data.volumes import is_volume_folder
-
-    if is_volume_folder(data):
-        _train_volumes(data, out, model or "unet3d", kwargs, epochs, lr, seed, threads, max_minutes, command)
-        return
-    if is_labeled_folder(data):
-        _train_classifier(data, out, model or "densenet121", kwargs, size, epochs, batch_size, lr,
-                          seed, threads, max_minutes, limit, command)
-        return
-    cfg = TrainConfig(data=data, out=out, architecture=model or "resunet", arch_kwargs=kwargs, epochs=epochs,
-                      batch_size=batch_size, lr=lr, lr_step=lr_step, lr_gamma=lr_gamma, loss=loss,
-                      val_fraction=val_fraction, seed=seed, threads=threads,
-                      max_minutes=max_minutes, limit=limit)
     try:
-        result = train_segmentation(cfg, command=command)
+        cfg = build_config(config, set_ or [], flags, given)
+        result = run_training(cfg, command=command)
     except MedinferError as exc:
         raise _fail(exc) from exc
-    m = result.artifact.spec.metrics
-    console.print(f"best epoch {result.best_epoch}: val Dice {m['dice']:.4f} IoU {m['iou']:.4f} -> {out}")
-
-
-def _train_classifier(data: Path, out: Path, model: str, kwargs: dict[str, object], size: int | None,
-                      epochs: int, batch_size: int, lr: float, seed: int, threads: int,
-                      max_minutes: float | None, limit: int | None, command: str) -> None:
-    from medinfer.train.classify import train_classification
-    from medinfer.train.config import ClassifyConfig
-
-    extra: dict[str, object] = {}
-    if size:
-        extra["preprocessing"] = ClassifyConfig.model_fields["preprocessing"].default.model_copy(
-            update={"size": (size, size)})
-    cfg = ClassifyConfig(data=data, out=out, architecture=model, arch_kwargs=kwargs, epochs=epochs,
-                         batch_size=batch_size, lr=lr, seed=seed, threads=threads,
-                         max_minutes=max_minutes, limit=limit, **extra)
-    try:
-        result = train_classification(cfg, command=command)
-    except MedinferError as exc:
-        raise _fail(exc) from exc
-    m = result.artifact.spec.metrics
-    console.print(f"best epoch {result.best_epoch}: val mean AUC {m['mean_auc']:.4f} "
-                  f"abnormal AUC {m['abnormal_auc']:.4f} -> {out}")
-
-
-def _train_volumes(data: Path, out: Path, model: str, kwargs: dict[str, object], epochs: int, lr: float,
-                   seed: int, threads: int, max_minutes: float | None, command: str) -> None:
-    from medinfer.train.volume import VolumeTrainConfig, train_volume_segmentation
-
-    cfg = VolumeTrainConfig(data=data, out=out, architecture=model, arch_kwargs=kwargs, epochs=epochs,
-                            lr=lr, seed=seed, threads=threads, max_minutes=max_minutes)
-    try:
-        art = train_volume_segmentation(cfg, command=command)
-    except MedinferError as exc:
-        raise _fail(exc) from exc
-    console.print(f"best epoch {art.spec.training['best_epoch']}: held-out Dice {art.spec.metrics['dice']:.4f} -> {out}")
+    console.print(summary(cfg, result.metrics, result.best_epoch))
 
 
 def _load_artifact(path: Path):
@@ -142,8 +117,12 @@ def _load_artifact(path: Path):
     return ModelArtifact.load(path)
 
 
+def _command() -> str:
+    return "medinfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
 BackendOpt = Annotated[Optional[str], typer.Option(help="torch | onnxruntime | openvino (default: the artifact's chosen variant).")]
-PrecisionOpt = Annotated[Optional[str], typer.Option(help="fp32 | int8 | int8-dynamic | int8-ac.")]
+PrecisionOpt = Annotated[Optional[str], typer.Option(help="fp32 | int8 | int8-dynamic | int8-ac | bf16.")]
 
 
 @app.command()
@@ -165,12 +144,8 @@ def evaluate(
     from medinfer.apps.evaluate import evaluate_folder
     from medinfer.runtime import EngineOptions
 
-    try:
-        result = evaluate_folder(_load_artifact(model), data, backend, precision, EngineOptions(threads=threads),
-                                 n_boot=bootstrap)
-    except MedinferError as exc:
-        raise _fail(exc) from exc
-    _emit_json(result, json_out)
+    _emit_json(evaluate_folder(_load_artifact(model), data, backend, precision,
+                               EngineOptions(threads=threads), n_boot=bootstrap), json_out)
 
 
 @app.command()
@@ -186,11 +161,8 @@ def predict(
     from medinfer.apps.predict import predict_files
     from medinfer.runtime import EngineOptions
 
-    try:
-        written = predict_files(_load_artifact(model), inputs, out, backend, precision,
-                                EngineOptions(threads=threads))
-    except MedinferError as exc:
-        raise _fail(exc) from exc
+    written = predict_files(_load_artifact(model), inputs, out, backend, precision,
+                            EngineOptions(threads=threads))
     console.print(f"wrote results for {len(written)} of {len(inputs)} inputs to {out}")
     if len(written) < len(inputs):
         raise typer.Exit(code=1)
@@ -212,66 +184,18 @@ def optimize(
     """Build every variant, gate each on the task's metric, store them and choose the fastest that passes."""
     from medinfer.optimize.pipeline import OptimizeConfig
     from medinfer.optimize.pipeline import optimize as run
+    from medinfer.report.tables import variants_table
     from medinfer.runtime import EngineOptions
+    from medinfer.tasks import task_for
 
     cfg = OptimizeConfig(calib=calib, val=val, tune=tune, max_drop=max_drop, max_class_drop=max_class_drop,
                          calib_limit=calib_limit, val_limit=val_limit, tune_limit=tune_limit,
                          options=EngineOptions(threads=threads))
-    try:
-        art = _load_artifact(model)
-        with console.status("optimizing") as status:
-            records = run(art, cfg, step=lambda s: status.update(f"optimize: {s}"))
-    except MedinferError as exc:
-        raise _fail(exc) from exc
-    _print_variants(records, art.spec.chosen)
-
-
-def _print_variants(records, chosen: str | None) -> None:
-    from rich.table import Table
-
-    keys = ["dice", "iou"] if "dice" in records[0].metrics else ["mean_auc", "abnormal_auc"]
-    table = Table(title=f"variants ({keys[0]} gate vs torch-fp32)")
-    for c in ("variant", *keys, "gate", "latency ms", "size MB", "FP32 layers"):
-        table.add_column(c)
-    for r in records:
-        gate = "pass" if r.passed else f"REJECT: {r.reason}"
-        table.add_row(r.name + (" ★" if r.name == chosen else ""),
-                      *(f"{r.metrics.get(k, float('nan')):.4f}" for k in keys), gate,
-                      f"{r.latency_ms:.1f}", f"{r.size_mb:.1f}",
-                      str(len(r.float_layers)) if r.precision == "int8-ac" else "")
-    _wide().print(table)
-    _wide().print(f"chosen: [bold]{chosen or 'none passed'}[/bold]")
-
-
-def _bench_end_to_end(model: Path, variants: str | None, inputs: list[Path], threads: int,
-                      json_out: Path | None, markdown: Path | None) -> None:
-    from rich.progress import Progress
-
-    from medinfer.apps.e2e import end_to_end, speedups
-    from medinfer.report.tables import e2e_markdown, e2e_table
-    from medinfer.runtime import EngineOptions
-    from medinfer.runtime.bench import machine_info, versions
-
-    try:
-        if not inputs:
-            raise MedinferError("--end-to-end needs input files to predict (e.g. a few images or volumes)")
-        art = _load_artifact(model)
-        names = variants.split(",") if variants else list(dict.fromkeys(["torch-fp32", art.spec.chosen or "torch-fp32"]))
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("end to end", total=len(names) * len(inputs))
-            rows = end_to_end(art, names, inputs, EngineOptions(threads=threads), on_input=lambda: bar.advance(task))
-    except MedinferError as exc:
-        raise _fail(exc) from exc
-    table = speedups(rows)
-    _wide().print(e2e_table(table))
-    payload = {"artifact": str(model), "command": "medinfer " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-               "machine": machine_info(), "versions": versions(), "threads": threads,
-               "inputs": [str(p) for p in inputs], "variants": table}
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(payload, indent=2) + "\n")
-    if markdown:
-        markdown.write_text(e2e_markdown(table) + "\n")
+    art = _load_artifact(model)
+    with console.status("optimizing") as status:
+        records = run(art, cfg, step=lambda s: status.update(f"optimize: {s}"))
+    _wide().print(variants_table(records, art.spec.chosen, task_for(art).columns))
+    _wide().print(f"chosen: [bold]{art.spec.chosen or 'none passed'}[/bold]")
 
 
 @app.command()
@@ -294,30 +218,44 @@ def bench(
     With ``--end-to-end``, time every stage of whole predictions on real files instead,
     so the model's speed-up is shown next to the whole request's.
     """
-    from medinfer.report.tables import ladder_markdown, ladder_table
+    from rich.progress import Progress
+
+    from medinfer.report.tables import e2e_markdown, e2e_table, ladder_markdown, ladder_table
+    from medinfer.runtime import EngineOptions
     from medinfer.runtime.bench import DEFAULT_VARIANTS, run_bench
     from medinfer.runtime.measure import MeasureSettings
+    from medinfer.tasks import task_for
 
+    art = _load_artifact(model)
     if end_to_end:
-        _bench_end_to_end(model, variants, inputs or [], threads, json_out, markdown)
+        from medinfer.apps.e2e import end_to_end_report
+
+        if not inputs:
+            raise MedinferError("--end-to-end needs input files to predict (e.g. a few images or volumes)")
+        with Progress(console=console, transient=True) as bar:
+            names = variants.split(",") if variants else None
+            task = bar.add_task("end to end", total=(len(names) if names else 2) * len(inputs))
+            payload = end_to_end_report(art, names, inputs, EngineOptions(threads=threads), _command(),
+                                        on_input=lambda: bar.advance(task))
+        _wide().print(e2e_table(payload["variants"]))
+        _write(json_out, json.dumps(payload, indent=2))
+        _write(markdown, e2e_markdown(payload["variants"]))
         return
-    names = tuple(variants.split(",")) if variants else DEFAULT_VARIANTS
     settings = MeasureSettings(threads=threads, in_flight=in_flight, runs_batch=runs_batch,
                                runs_single=runs_single, requests=requests)
-    command = "medinfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    try:
-        with console.status("benchmarking") as status:
-            result = run_bench(_load_artifact(model), names, settings, command,
-                               on_variant=lambda n: status.update(f"bench: {n} (own process)"),
-                               rounds=rounds)
-    except MedinferError as exc:
-        raise _fail(exc) from exc
+    with console.status("benchmarking") as status:
+        result = run_bench(art, tuple(variants.split(",")) if variants else DEFAULT_VARIANTS, settings,
+                           _command(), on_variant=lambda n: status.update(f"bench: {n} (own process)"),
+                           rounds=rounds, metric_columns=task_for(art).columns)
     _wide().print(ladder_table(result))
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(result.to_json() + "\n")
-    if markdown:
-        markdown.write_text(ladder_markdown(result) + "\n")
+    _write(json_out, result.to_json())
+    _write(markdown, ladder_markdown(result))
+
+
+def _write(path: Path | None, text: str) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text + "\n")
 
 
 @app.command()
@@ -334,13 +272,9 @@ def report(
 
     try:
         result = BenchmarkResult.from_json(bench_json.read_text())
-        path = build_report(_load_artifact(model), result, val, out, overlays)
     except (OSError, ValueError) as exc:
-        raise _fail(MedinferError(f"{bench_json}: {exc}")) from exc
-    except MedinferError as exc:
-        raise _fail(exc) from exc
-    console.print(f"report: {path}")
-
+        raise MedinferError(f"{bench_json}: {exc}") from exc
+    console.print(f"report: {build_report(_load_artifact(model), result, val, out, overlays)}")
 
 
 @app.command()
@@ -363,20 +297,17 @@ def explain(
     from medinfer.report.explain import false_positive_report
 
     if not inputs and false_positives is None:
-        raise _fail(MedinferError("give image files to explain, or --false-positives DATA_DIR"))
+        raise MedinferError("give image files to explain, or --false-positives DATA_DIR")
     torch.set_num_threads(threads)
-    try:
-        art = _load_artifact(model)
-        if inputs:
-            run = explain_files(art, inputs, out, top, k, train_data, gradcam_layer)
-            console.print(f"explained {len(run.written)} of {len(inputs)} inputs into {out}"
-                          + (f" ({len(run.kept)} kept from before)" if run.kept else ""))
-        if false_positives is not None:
-            page = false_positive_report(art, false_positives, out / "false_positives.html", fp_count, k,
-                                         train_data, gradcam_layer)
-            console.print(f"false positives: {page}")
-    except MedinferError as exc:
-        raise _fail(exc) from exc
+    art = _load_artifact(model)
+    if inputs:
+        run = explain_files(art, inputs, out, top, k, train_data, gradcam_layer)
+        console.print(f"explained {len(run.written)} of {len(inputs)} inputs into {out}"
+                      + (f" ({len(run.kept)} kept from before)" if run.kept else ""))
+    if false_positives is not None:
+        page = false_positive_report(art, false_positives, out / "false_positives.html", fp_count, k,
+                                     train_data, gradcam_layer)
+        console.print(f"false positives: {page}")
     if inputs and run.errors:
         raise typer.Exit(code=1)
 
@@ -393,11 +324,7 @@ def demo(
     """The main job: optimize -> verify Dice -> benchmark the ladder -> HTML report, in minutes."""
     from medinfer.apps.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(model=model, data=data, work=work, n_calib=calib, n_val=val, threads=threads)
-    try:
-        run_demo(cfg, console)
-    except MedinferError as exc:
-        raise _fail(exc) from exc
+    run_demo(DemoConfig(model=model, data=data, work=work, n_calib=calib, n_val=val, threads=threads), console)
 
 
 @app.command()
@@ -410,7 +337,7 @@ def partition(
     threads: Annotated[Optional[int], typer.Option(help="torch threads per process.")] = None,
 ) -> None:
     """Exact whole-volume segmentation, tiled within a memory budget or split over ranks."""
-    from medinfer.partition.app import PartitionJob, run_job
+    from medinfer.apps.partition import PartitionJob, run_job
     from medinfer.partition.distributed import Mesh
 
     try:
@@ -419,11 +346,7 @@ def partition(
         raise typer.BadParameter(str(exc), param_hint="--mesh") from exc
     if len(spatial) != 3:
         raise typer.BadParameter(f"{mesh!r} needs three axes", param_hint="--mesh")
-    job = PartitionJob(model, volume, out, spatial, memory_budget_mb, threads)  # type: ignore[arg-type]
-    try:
-        path = run_job(job)
-    except MedinferError as exc:
-        raise _fail(exc) from exc
+    path = run_job(PartitionJob(model, volume, out, spatial, memory_budget_mb, threads))  # type: ignore[arg-type]
     console.print(f"wrote {path}")
 
 

@@ -16,9 +16,10 @@ import torch
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
-from medinfer.apps.attribution import Explainer, lrp_ready
-from medinfer.apps.explain import explain_files, find_false_positives, select_findings
-from medinfer.apps.neighbours import FeatureIndex, penultimate_features, training_records
+from medinfer.report.attribution import Explainer, lrp_ready
+from medinfer.apps.explain import explain_files
+from medinfer.report.explainer import find_false_positives, select_findings
+from medinfer.report.neighbours import FeatureIndex, penultimate_features, training_records
 from medinfer.artifact import ArtifactSpec, InputSpec, ModelArtifact
 from medinfer.cli import app
 from medinfer.data.spec import Preprocessing
@@ -230,7 +231,7 @@ def test_false_positives_are_false_and_reported(tiny_classifier, labeled_dir, tm
 
 
 def test_segmentation_models_are_refused(tiny_classifier, net, tmp_path):
-    from medinfer.apps.explain import ClassifierExplainer
+    from medinfer.report.explainer import ClassifierExplainer
     from medinfer.errors import MedinferError
 
     seg = ModelArtifact(tmp_path, tiny_classifier.spec.model_copy(update={"task": "segmentation"}))

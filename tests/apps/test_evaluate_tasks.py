@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from medinfer.apps.evaluate import evaluate_folder
-from medinfer.apps.tasks import Classification, Segmentation3D, task_for
+from medinfer.tasks import Classification, Segmentation3D, task_for
 from medinfer.cli import app
 from medinfer.errors import InputError
 from medinfer.runtime.torch_engine import TorchEngine
@@ -67,6 +67,7 @@ def test_wrong_layout_is_a_clear_error(cls_artifact, vol_artifact, vol_data: Pat
         evaluate_folder(vol_artifact, cls_data)
 
 
+@pytest.mark.slow  # runs the whole optimizer (export, quantization, NNCF)
 def test_optimize_classification_gates_on_auc(cls_artifact, cls_data: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medinfer.apps.predictor import Predictor
+from medinfer.tasks import Predictor
 from medinfer.errors import InputError
 from medinfer.io import read_image
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from medinfer.artifact import ModelArtifact
+from medinfer.artifact import DataSplit, EpochRecord, ModelArtifact, TrainingRecord
 from medinfer.report.build import build_report
 from medinfer.report.tables import ladder_markdown, metric_keys
 from medinfer.runtime.bench import BenchmarkResult
@@ -22,11 +22,11 @@ def _row(name: str, backend: str, precision: str, mean_auc: float, passed: bool 
 def test_classification_report_has_auc_columns_and_false_positives(cls_artifact, cls_data: Path,
                                                                     tmp_path: Path) -> None:
     art = ModelArtifact.load(shutil.copytree(cls_artifact.root, tmp_path / "art"))
-    art.spec.training = {"data": str(cls_data),
-                         "split_patients": {"train": [str(i) for i in range(8)], "val": [],
-                                            "test": [str(i) for i in range(8, 12)]},
-                         "history": [{"epoch": 1, "val_mean_auc": 0.55, "val_abnormal_auc": 0.5, "train_loss": 1.0,
-                                      "lr": 1e-3, "seconds": 1.0}], "epochs_run": 1, "best_epoch": 1}
+    art.spec.training = TrainingRecord(
+        data=str(cls_data),
+        split=DataSplit(unit="patient", train=[str(i) for i in range(8)], test=[str(i) for i in range(8, 12)]),
+        history=[EpochRecord(epoch=1, train_loss=1.0, lr=1e-3, seconds=1.0,
+                             metrics={"mean_auc": 0.55, "abnormal_auc": 0.5})], epochs_run=1, best_epoch=1)
     art.spec.thresholds = {c: 0.0 for c in art.spec.classes}  # everything is called: false positives exist
     art.save()
     bench = BenchmarkResult(artifact=str(art.root), date="2026-11-23", command="test", machine={"cpu": "x"},
@@ -41,4 +41,5 @@ def test_classification_report_has_auc_columns_and_false_positives(cls_artifact,
     html = out.read_text()
     assert "mean AUC" in html and "0.5980" in html and "-0.0020" in html
     assert "False positives" in html and "Grad-CAM" in html and "mahalanobis" in html.lower()
-    assert "validation mean AUC" not in html or "data:image/png;base64" in html  # learning curve drawn as PNG
+    # the training history above is drawn as a learning-curve PNG
+    assert '<img class="plot" alt="learning curve" src="data:image/png;base64,' in html

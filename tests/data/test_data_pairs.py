@@ -20,42 +20,18 @@ from medinfer.data.pairs import (
 )
 from medinfer.data.preprocess import logits_to_mask, normalize, prepare_batch, to_channels
 from medinfer.data.spec import Preprocessing
+from medinfer.data.synthetic import box_mask, write_kvasir_pairs
 from medinfer.errors import InputError
 
-# CI clones the repository with shared/ beside it; a developer checkout sits in /work.
-_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "data"
-KVASIR = (_BESIDE if _BESIDE.is_dir() else Path("/work/shared/data")) / "kvasir-seg"
 PP32 = Preprocessing(size=(32, 32))
-
-
-def _box_mask(i: int, size: tuple[int, int]) -> np.ndarray:
-    h, w = size
-    m = np.zeros((h, w), np.uint8)
-    m[h // 4: h // 2 + i % 3, w // 4 + i % 4: 3 * w // 4] = 255
-    return m
-
-
-def make_kvasir(root: Path, names: list[str], size: tuple[int, int] = (32, 32),
-                image_suffix: str = ".png", mask_suffix: str = ".png") -> Path:
-    """Write RGB images and 0/255 greyscale masks in the Kvasir layout; returns ``root``."""
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    (root / "masks").mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i, name in enumerate(names):
-        mask = _box_mask(i, size)
-        img = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
-        img[mask > 0] = (220, 60, 60)
-        Image.fromarray(img, "RGB").save(root / "images" / f"{name}{image_suffix}")
-        Image.fromarray(mask, "L").save(root / "masks" / f"{name}{mask_suffix}")
-    return root
 
 
 # --- find_pairs -------------------------------------------------------------------------------
 
 def test_find_pairs_matches_by_stem(tmp_path: Path) -> None:
-    root = make_kvasir(tmp_path / "ds", ["b", "a", "c"])
+    root = write_kvasir_pairs(tmp_path / "ds", ["b", "a", "c"])
     # a JPEG image whose mask is a PNG still matches by stem
-    make_kvasir(tmp_path / "ds", ["d"], image_suffix=".jpg")
+    write_kvasir_pairs(tmp_path / "ds", ["d"], image_suffix=".jpg")
     (tmp_path / "ds" / "masks" / "extra_mask_only.png").write_bytes(
         (tmp_path / "ds" / "masks" / "a.png").read_bytes())
     pairs = find_pairs(root)
@@ -67,7 +43,7 @@ def test_find_pairs_matches_by_stem(tmp_path: Path) -> None:
 
 
 def test_find_pairs_missing_masks_folder(tmp_path: Path) -> None:
-    root = make_kvasir(tmp_path / "ds", ["a"])
+    root = write_kvasir_pairs(tmp_path / "ds", ["a"])
     for f in (root / "masks").iterdir():
         f.unlink()
     (root / "masks").rmdir()
@@ -84,7 +60,7 @@ def test_find_pairs_missing_images_folder(tmp_path: Path) -> None:
 
 
 def test_find_pairs_image_without_mask_names_file(tmp_path: Path) -> None:
-    root = make_kvasir(tmp_path / "ds", ["a", "b"])
+    root = write_kvasir_pairs(tmp_path / "ds", ["a", "b"])
     Image.new("RGB", (8, 8)).save(root / "images" / "orphan_17.png")
     with pytest.raises(InputError, match="orphan_17.png") as info:
         find_pairs(root)
@@ -123,7 +99,7 @@ def test_split_pairs_sizes(n: int, fraction: float, n_val: int) -> None:
 # --- load_pairs / load_calibration_images / materialize_pairs ---------------------------------
 
 def test_load_pairs_shapes_dtypes_and_values(tmp_path: Path) -> None:
-    root = make_kvasir(tmp_path / "ds", ["a", "b", "c"])
+    root = write_kvasir_pairs(tmp_path / "ds", ["a", "b", "c"])
     pairs = find_pairs(root)
     calls: list[int] = []
     data = load_pairs(pairs, PP32, progress=calls.append)
@@ -134,19 +110,19 @@ def test_load_pairs_shapes_dtypes_and_values(tmp_path: Path) -> None:
     # same size -> no resampling: pixels are raw / 255 and the mask is exactly the drawn box
     raw = np.asarray(Image.open(root / "images" / "b.png")).transpose(2, 0, 1) / 255.0
     np.testing.assert_allclose(data.images[1], raw, atol=1e-6)
-    np.testing.assert_array_equal(data.masks[1], _box_mask(1, (32, 32)) > 0)
+    np.testing.assert_array_equal(data.masks[1], box_mask(1, (32, 32)) > 0)
     sub = data.subset([2, 0])
     assert sub.names == ["c", "a"]
     np.testing.assert_array_equal(sub.masks[1], data.masks[0])
 
 
 def test_load_pairs_resizes_and_keeps_mask_binary(tmp_path: Path) -> None:
-    root = make_kvasir(tmp_path / "ds", ["a", "b"], size=(48, 40))
+    root = write_kvasir_pairs(tmp_path / "ds", ["a", "b"], size=(48, 40))
     data = load_pairs(find_pairs(root), PP32)
     assert data.images.shape == (2, 3, 32, 32)
     assert data.masks.dtype == np.bool_
     frac = data.masks.mean(axis=(1, 2))
-    want = np.array([(_box_mask(i, (48, 40)) > 0).mean() for i in range(2)])
+    want = np.array([(box_mask(i, (48, 40)) > 0).mean() for i in range(2)])
     np.testing.assert_allclose(frac, want, atol=0.05)  # nearest resize keeps the box's area
 
 
@@ -156,7 +132,7 @@ def test_load_pairs_empty_raises() -> None:
 
 
 def test_load_pairs_applies_mean_std(tmp_path: Path) -> None:
-    root = make_kvasir(tmp_path / "ds", ["a"])
+    root = write_kvasir_pairs(tmp_path / "ds", ["a"])
     spec = Preprocessing(size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
     plain = load_pairs(find_pairs(root), PP32).images
     scaled = load_pairs(find_pairs(root), spec).images
@@ -164,7 +140,7 @@ def test_load_pairs_applies_mean_std(tmp_path: Path) -> None:
 
 
 def test_materialize_pairs_roundtrip(tmp_path: Path) -> None:
-    root = make_kvasir(tmp_path / "ds", ["a", "b", "c", "d"])
+    root = write_kvasir_pairs(tmp_path / "ds", ["a", "b", "c", "d"])
     pairs = find_pairs(root)
     out = materialize_pairs(pairs[1:3], tmp_path / "split")
     out = materialize_pairs(pairs[1:3], tmp_path / "split")  # twice: replaces its own links
@@ -176,7 +152,7 @@ def test_materialize_pairs_roundtrip(tmp_path: Path) -> None:
 
 
 def test_load_calibration_images_layout_and_limit(tmp_path: Path) -> None:
-    root = make_kvasir(tmp_path / "ds", ["a", "b", "c"])
+    root = write_kvasir_pairs(tmp_path / "ds", ["a", "b", "c"])
     calib = load_calibration_images(root, PP32)
     assert calib.shape == (3, 3, 32, 32) and calib.dtype == np.float32
     np.testing.assert_allclose(calib, load_pairs(find_pairs(root), PP32).images, atol=1e-6)
@@ -185,11 +161,10 @@ def test_load_calibration_images_layout_and_limit(tmp_path: Path) -> None:
     np.testing.assert_array_equal(plain, calib)
 
 
-def test_real_kvasir_pairs(tmp_path: Path) -> None:
-    if not (KVASIR / "images" / "train_1.jpg").is_file():
-        pytest.skip("Kvasir-SEG not staged")
+def test_real_kvasir_pairs(tmp_path: Path, shared_path) -> None:
+    kvasir = shared_path("kvasir-seg")
     names = ["train_0", "train_1", "train_10"]
-    pairs = [Pair(n, KVASIR / "images" / f"{n}.jpg", KVASIR / "masks" / f"{n}.jpg") for n in names]
+    pairs = [Pair(n, kvasir / "images" / f"{n}.jpg", kvasir / "masks" / f"{n}.jpg") for n in names]
     out = materialize_pairs(pairs, tmp_path / "real")
     data = load_pairs(find_pairs(out), PP32)
     assert data.images.shape == (3, 3, 32, 32)

@@ -1,4 +1,4 @@
-"""Fixtures for medinfer.io tests: staged real data and a tiny DICOM slice writer."""
+"""Fixtures for medinfer.io tests: a tiny DICOM slice writer (staged data: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,23 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-# CI clones the repository with shared/ beside it; a developer checkout sits in /work.
-_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "data"
-SHARED = _BESIDE if _BESIDE.is_dir() else Path("/work/shared/data")
-
-
-@pytest.fixture
-def shared_data() -> Callable[[str], Path]:
-    """Return a function mapping a path under /work/shared/data to a Path (skip if absent)."""
-
-    def get(rel: str) -> Path:
-        path = SHARED / rel
-        if not path.exists():
-            pytest.skip(f"staged data not available: {path}")
-        return path
-
-    return get
 
 
 @pytest.fixture

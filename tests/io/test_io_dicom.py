@@ -131,8 +131,8 @@ def test_duplicate_positions_raise(tmp_path, write_dicom_slice) -> None:
     assert "a.dcm" in str(err.value) and "b.dcm" in str(err.value)
 
 
-def test_real_series_sorted_along_normal(shared_data) -> None:
-    folder = shared_data(REAL_SERIES)
+def test_real_series_sorted_along_normal(shared_path) -> None:
+    folder = shared_path(REAL_SERIES)
     img = read_image(folder)
     assert img.array.shape == (1, 320, 260, 24)
     assert all(s > 0 for s in img.spacing)
@@ -150,10 +150,10 @@ def test_real_series_sorted_along_normal(shared_data) -> None:
     np.testing.assert_allclose(img.origin, by_position[positions[0]].ImagePositionPatient)
 
 
-def test_real_series_matches_staged_nifti(shared_data) -> None:
+def test_real_series_matches_staged_nifti(shared_path) -> None:
     """The staged NIfTI was built independently from the same series ((cols, rows, slices), RAS)."""
-    dicom = read_image(shared_data(REAL_SERIES))
-    nifti = read_image(shared_data(REAL_NIFTI))
+    dicom = read_image(shared_path(REAL_SERIES))
+    nifti = read_image(shared_path(REAL_NIFTI))
     np.testing.assert_array_equal(
         dicom.array[0].transpose(1, 0, 2).astype(np.int64), nifti.array[0].astype(np.int64)
     )
@@ -161,16 +161,16 @@ def test_real_series_matches_staged_nifti(shared_data) -> None:
     np.testing.assert_allclose(swapped, nifti.affine, atol=1e-3)
 
 
-def test_multiframe_files(shared_data) -> None:
-    dose = read_image(shared_data("dicom-testfiles/pydicom-3.0.2/rtdose.dcm"))
+def test_multiframe_files(shared_path) -> None:
+    dose = read_image(shared_path("dicom-testfiles/pydicom-3.0.2/rtdose.dcm"))
     assert dose.array.shape == (1, 10, 10, 15)
     assert dose.spacing[2] > 0
-    rgb = read_image(shared_data("dicom-testfiles/pydicom-3.0.2/SC_rgb_rle_2frame.dcm"))
+    rgb = read_image(shared_path("dicom-testfiles/pydicom-3.0.2/SC_rgb_rle_2frame.dcm"))
     assert rgb.array.shape == (3, 100, 100, 2) and rgb.array.dtype == np.uint8
 
 
-def test_real_ct_folder_with_rescale(shared_data) -> None:
-    folder = shared_data("dicom-testfiles/pydicom-3.0.2/dicomdirtests/98892001/CT5N")
+def test_real_ct_folder_with_rescale(shared_path) -> None:
+    folder = shared_path("dicom-testfiles/pydicom-3.0.2/dicomdirtests/98892001/CT5N")
     img = read_dicom_series(folder)
     assert img.array.shape == (1, 16, 16, 5)
     assert img.meta["modality"] == "CT" and img.meta["rescale_applied"] is True

@@ -25,27 +25,27 @@ def _raises_naming(path: Path, func=read_image, *args) -> InputError:
     return err.value
 
 
-def _real_dicom(shared_data) -> Path:
-    return shared_data(REAL_SERIES) / "000001.dcm"
+def _real_dicom(shared_path) -> Path:
+    return shared_path(REAL_SERIES) / "000001.dcm"
 
 
-def test_truncated_dicom_pixel_data(tmp_path: Path, shared_data) -> None:
-    data = _real_dicom(shared_data).read_bytes()
+def test_truncated_dicom_pixel_data(tmp_path: Path, shared_path) -> None:
+    data = _real_dicom(shared_path).read_bytes()
     half = tmp_path / "half.dcm"
     half.write_bytes(data[: len(data) // 2])
     err = _raises_naming(half)
     assert "pixel data" in err.reason
 
 
-def test_truncated_dicom_header(tmp_path: Path, shared_data) -> None:
+def test_truncated_dicom_header(tmp_path: Path, shared_path) -> None:
     stub = tmp_path / "stub.dcm"
-    stub.write_bytes(_real_dicom(shared_data).read_bytes()[:1000])
+    stub.write_bytes(_real_dicom(shared_path).read_bytes()[:1000])
     err = _raises_naming(stub)
     assert "truncated" in err.reason
 
 
-def test_truncated_slice_in_series_folder_is_not_skipped(tmp_path: Path, shared_data) -> None:
-    src = shared_data(REAL_SERIES)
+def test_truncated_slice_in_series_folder_is_not_skipped(tmp_path: Path, shared_path) -> None:
+    src = shared_path(REAL_SERIES)
     for name in ("000001.dcm", "000002.dcm"):
         shutil.copy(src / name, tmp_path / name)
     data = (src / "000003.dcm").read_bytes()
@@ -126,8 +126,8 @@ def test_explicit_file_list_rejects_non_dicom(tmp_path: Path, write_dicom_slice)
         ("badVR.dcm", "decode"),  # element whose value is not valid for its VR
     ],
 )
-def test_pydicom_bad_files(shared_data, name: str, reason_part: str) -> None:
-    err = _raises_naming(shared_data(f"{TESTFILES}/{name}"))
+def test_pydicom_bad_files(shared_path, name: str, reason_part: str) -> None:
+    err = _raises_naming(shared_path(f"{TESTFILES}/{name}"))
     assert reason_part in err.reason
 
 
@@ -138,11 +138,11 @@ def test_pydicom_bad_files(shared_data, name: str, reason_part: str) -> None:
         ("SC_rgb_jpeg_gdcm.dcm", "JPEGLosslessSV1"),
     ],
 )
-def test_compressed_without_decoder(shared_data, name: str, uid_attr: str) -> None:
+def test_compressed_without_decoder(shared_path, name: str, uid_attr: str) -> None:
     import pydicom.uid
     from pydicom.pixels import get_decoder
 
-    path = shared_data(f"{TESTFILES}/{name}")
+    path = shared_path(f"{TESTFILES}/{name}")
     if get_decoder(getattr(pydicom.uid, uid_attr)).is_available:
         assert read_image(path).array.ndim == 3  # a decoder got installed: must read
     else:
@@ -160,20 +160,20 @@ def test_compressed_without_decoder(shared_data, name: str, uid_attr: str) -> No
         "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless, decoded by Pillow's OpenJPEG
     ],
 )
-def test_pydicom_variants_equal_reference(shared_data, name: str) -> None:
-    ref = read_image(shared_data(f"{TESTFILES}/MR_small.dcm"))
-    img = read_image(shared_data(f"{TESTFILES}/{name}"))
+def test_pydicom_variants_equal_reference(shared_path, name: str) -> None:
+    ref = read_image(shared_path(f"{TESTFILES}/MR_small.dcm"))
+    img = read_image(shared_path(f"{TESTFILES}/{name}"))
     assert img.array.shape == (1, 64, 64) and img.array.dtype.isnative
     np.testing.assert_array_equal(img.array, ref.array)
 
 
-def test_pydicom_colour_files(shared_data) -> None:
-    palette = read_image(shared_data(f"{TESTFILES}/examples_palette.dcm"))
+def test_pydicom_colour_files(shared_path) -> None:
+    palette = read_image(shared_path(f"{TESTFILES}/examples_palette.dcm"))
     assert palette.num_channels == 3 and palette.meta["photometric"] == "PALETTE COLOR"
-    deflated = read_image(shared_data(f"{TESTFILES}/image_dfl.dcm"))
+    deflated = read_image(shared_path(f"{TESTFILES}/image_dfl.dcm"))
     assert deflated.array.shape == (1, 512, 512)
-    ybr = read_image(shared_data(f"{TESTFILES}/SC_rgb_dcmtk_+eb+cy+n1.dcm"))
-    rgb = read_image(shared_data(f"{TESTFILES}/SC_rgb_dcmtk_+eb+cr.dcm"))
+    ybr = read_image(shared_path(f"{TESTFILES}/SC_rgb_dcmtk_+eb+cy+n1.dcm"))
+    rgb = read_image(shared_path(f"{TESTFILES}/SC_rgb_dcmtk_+eb+cr.dcm"))
     assert ybr.array.shape == rgb.array.shape == (3, 100, 100)
     # JPEG YBR vs RGB encodings of the same picture agree after conversion to RGB
     assert np.abs(ybr.array.astype(int) - rgb.array.astype(int)).mean() < 5

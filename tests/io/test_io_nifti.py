@@ -107,12 +107,12 @@ def test_write_mask_nifti_with_reference_and_affine(tmp_path: Path) -> None:
         write_mask_nifti(np.zeros((4, 5, 7)), tmp_path / "bad.nii.gz", ref)
 
 
-def test_real_brain_volume_and_mask(shared_data) -> None:
-    path = shared_data("brain-tumor-progression-3d/images/PGBM-001_04-02-1992.nii.gz")
+def test_real_brain_volume_and_mask(shared_path) -> None:
+    path = shared_path("brain-tumor-progression-3d/images/PGBM-001_04-02-1992.nii.gz")
     img = read_image(path)
     assert img.ndim_spatial == 3 and img.num_channels == 1
     assert img.array.dtype == np.int16 and img.array.max() > 0
     assert all(s > 0 for s in img.spacing)
     np.testing.assert_allclose(img.direction.T @ img.direction, np.eye(3), atol=1e-5)
-    mask = read_mask(shared_data("brain-tumor-progression-3d/masks/PGBM-001_04-02-1992.nii.gz"))
+    mask = read_mask(shared_path("brain-tumor-progression-3d/masks/PGBM-001_04-02-1992.nii.gz"))
     assert mask.shape == img.spatial_shape and 0 < mask.sum() < mask.size

@@ -105,9 +105,9 @@ def test_write_mask_png_roundtrip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(read_mask(out), mask)
 
 
-def test_real_kvasir_pair(shared_data) -> None:
-    image = read_image(shared_data("kvasir-seg/images/train_1.jpg"))
-    mask_path = shared_data("kvasir-seg/masks/train_1.jpg")
+def test_real_kvasir_pair(shared_path) -> None:
+    image = read_image(shared_path("kvasir-seg/images/train_1.jpg"))
+    mask_path = shared_path("kvasir-seg/masks/train_1.jpg")
     mask = read_mask(mask_path)
     assert image.array.shape[0] == 3 and image.array.dtype == np.uint8
     assert mask.shape == image.spatial_shape and mask.dtype == np.bool_

@@ -9,13 +9,16 @@ import pytest
 import torch
 from PIL import Image
 
-from medinfer.apps.tasks import Classification, GateLimits, Segmentation2D
+from medinfer.tasks import Classification, GateLimits, Segmentation2D
 from medinfer.artifact import ArtifactSpec, InputSpec, ModelArtifact, VariantRecord
 from medinfer.data.pairs import load_calibration_images
 from medinfer.data.spec import Preprocessing
 from medinfer.models import create_model
 from medinfer.optimize.inspect import onnx_float_ops
-from medinfer.optimize.pipeline import VARIANTS, OptimizeConfig, apply_gate, optimize, variant_files
+from medinfer.optimize.pipeline import OptimizeConfig, apply_gate, optimize
+from medinfer.variants import get_kind, kinds
+
+VARIANTS = [k.name for k in kinds(optimized=True)]
 from medinfer.runtime import EngineOptions, open_engine, resolve_variant
 from medinfer.runtime.measure import MeasureSettings, measure_variant
 
@@ -57,6 +60,7 @@ def optimized(tmp_path_factory: pytest.TempPathFactory):
     return art, records, cfg, steps
 
 
+@pytest.mark.slow  # needs the whole optimizer run (export, quantization, NNCF)
 def test_all_variants_built_and_scored(optimized) -> None:
     art, records, _, steps = optimized
     assert [r.name for r in records] == list(VARIANTS)
@@ -64,20 +68,21 @@ def test_all_variants_built_and_scored(optimized) -> None:
     assert any("accuracy control" in s for s in steps)
     assert any("export ONNX" in s for s in steps)
     for r in records:
-        backend, precision, _ = VARIANTS[r.name]
+        backend, precision = get_kind(r.name).backend, get_kind(r.name).label
         assert (r.backend, r.precision) == (backend, precision)
         assert set(r.metrics) >= {"dice", "iou", "n"}
         assert 0.0 <= r.metrics["dice"] <= 1.0 and 0.0 <= r.metrics["iou"] <= r.metrics["dice"] + 1e-12
         assert r.metrics["n"] == N_VAL
         assert r.latency_ms is not None and r.latency_ms > 0
         assert r.passed is not None
-        files = variant_files(art, r.path)
+        files = art.variant_files(r)
         assert files and all(f.is_file() for f in files), r.name
         assert r.size_mb and r.size_mb > 0
         if r.name != "torch-fp32":
             assert r.ops, f"{r.name}: no operator census"
 
 
+@pytest.mark.slow
 def test_accuracy_controlled_variant_records_its_fp32_layers(optimized) -> None:
     import openvino as ov
 
@@ -95,6 +100,7 @@ def test_accuracy_controlled_variant_records_its_fp32_layers(optimized) -> None:
     assert ac.ops["int8"], "accuracy control should keep most layers in INT8"
 
 
+@pytest.mark.slow
 def test_fp32_variants_match_torch(optimized) -> None:
     _, records, _, _ = optimized
     by = {r.name: r for r in records}
@@ -105,6 +111,7 @@ def test_fp32_variants_match_torch(optimized) -> None:
         assert by[name].passed
 
 
+@pytest.mark.slow
 def test_chosen_is_fastest_passing_variant(optimized) -> None:
     art, records, cfg, _ = optimized
     passing = [r for r in records if r.passed]
@@ -116,19 +123,21 @@ def test_chosen_is_fastest_passing_variant(optimized) -> None:
         assert (r.reason == "") == r.passed
 
 
+@pytest.mark.slow
 def test_results_persisted_in_artifact(optimized) -> None:
     art, records, cfg, _ = optimized
     loaded = ModelArtifact.load(art.root)
     assert loaded.spec.chosen == art.spec.chosen
     assert {v.name for v in loaded.spec.variants} == set(VARIANTS)
     assert loaded.variant("openvino-int8").metrics == next(r for r in records if r.name == "openvino-int8").metrics
-    assert loaded.spec.training["optimize"]["n_val"] == N_VAL
-    assert loaded.spec.training["optimize"]["n_calib"] == 4
+    assert loaded.spec.training.optimize["n_val"] == N_VAL
+    assert loaded.spec.training.optimize["n_calib"] == 4
     # with no backend asked for, the runtime serves the chosen variant
     assert resolve_variant(loaded, None, None).name == art.spec.chosen
 
 
 @pytest.mark.parametrize("name", ["onnxruntime-int8", "openvino-int8", "onnxruntime-int8-dynamic"])
+@pytest.mark.slow
 def test_int8_variants_run_and_stay_close(optimized, name: str) -> None:
     art, _, cfg, _ = optimized
     x = load_calibration_images(cfg.val, art.spec.preprocessing, limit=2)  # in-distribution inputs
@@ -146,6 +155,7 @@ def test_int8_variants_run_and_stay_close(optimized, name: str) -> None:
     assert np.corrcoef(got.ravel(), ref.ravel())[0, 1] > 0.99
 
 
+@pytest.mark.slow
 def test_static_qdq_reports_convtranspose_as_float(optimized) -> None:
     art, _, _, _ = optimized
     qdq = onnx_float_ops(art.root / art.variant("onnxruntime-int8").path)
@@ -159,6 +169,7 @@ def test_static_qdq_reports_convtranspose_as_float(optimized) -> None:
     assert dyn["int8"].get("ConvInteger", 0) >= 1
 
 
+@pytest.mark.slow
 def test_measure_variant_ort(optimized) -> None:
     art, _, _, _ = optimized
     s = MeasureSettings(batch=2, warmup=1, runs_batch=2, runs_single=2, requests=4)

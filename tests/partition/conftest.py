@@ -7,10 +7,10 @@ from collections.abc import Callable
 import pytest
 import torch
 from partition_helpers import BRAIN, brain_crop
+from shared_data import require
 
 
 @pytest.fixture
 def brain() -> Callable[..., torch.Tensor]:
-    if not BRAIN.is_file():
-        pytest.skip(f"shipped 3D data not available: {BRAIN}")
+    require(BRAIN, "shipped 3D data")
     return brain_crop

@@ -14,7 +14,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).parent))
+# This folder (partition_helpers) and tests/ (shared_data, located through
+# MEDINFER_SHARED_DATA, which the launching test sets).
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parents[1])]
 from partition_helpers import BRAIN, brain_crop, max_rel_diff, tiny_net  # noqa: E402
 
 from medinfer.partition.distributed import Mesh, distributed_inference, partitioned_train_step  # noqa: E402

@@ -6,15 +6,11 @@ pick up another folder's conftest.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
+from shared_data import SHARED_DATA
 
-# CI clones the repository with shared/ beside it; a developer checkout sits in /work.
-_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "data"
-SHARED = _BESIDE if _BESIDE.is_dir() else Path("/work/shared/data")
-BRAIN = SHARED / "brain-tumor-progression-3d" / "images" / "PGBM-001_04-02-1992.nii.gz"
+BRAIN = SHARED_DATA / "brain-tumor-progression-3d" / "images" / "PGBM-001_04-02-1992.nii.gz"
 
 
 def tiny_net(kind: str) -> torch.nn.Module:

@@ -53,7 +53,8 @@ def _expected(art: ModelArtifact, data: np.ndarray) -> np.ndarray:
     return logits.argmax(0).numpy()
 
 
-@pytest.mark.parametrize("mesh", ["1x1x1", "2x1x1"])
+# a mesh of more than one block launches torchrun
+@pytest.mark.parametrize("mesh", ["1x1x1", pytest.param("2x1x1", marks=pytest.mark.slow)])
 def test_partition_writes_whole_volume_labels(artifact: ModelArtifact, volume: tuple,
                                               tmp_path: Path, mesh: str) -> None:
     path, data = volume

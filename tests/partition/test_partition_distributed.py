@@ -7,17 +7,18 @@ tests read its report.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-from partition_helpers import BRAIN
+import shared_data
 
 TOL = 1e-4
 WORKER = Path(__file__).with_name("dist_worker.py")
+pytestmark = pytest.mark.slow  # one torchrun job of 4 processes
 
 
 def _free_port() -> int:
@@ -32,7 +33,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4",
            "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(WORKER), str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1",
+                               shared_data.ENV_VAR: str(shared_data.SHARED_DATA)})
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(out.read_text())
 
@@ -50,7 +52,7 @@ def test_partitioned_training_step_has_unpartitioned_gradients(report: dict, cas
     assert loss_diff < 1e-5 and grad_diff < TOL
 
 
-@pytest.mark.skipif(not BRAIN.is_file(), reason="shipped 3D data not available")
+@pytest.mark.usefixtures("brain")  # skipped (failed under CI=true) without the shipped volume
 def test_shipped_brain_volume_distributed(report: dict) -> None:
     assert report["inference brain unet-instance 2x2x1"] < TOL
     loss_diff, grad_diff = report["train brain unet-instance 2x2x1"]

@@ -3,6 +3,8 @@ and the GPU paths themselves where a GPU is present (skipped cleanly otherwise).
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -57,17 +59,61 @@ def test_onnxruntime_cuda_without_provider_is_a_clear_error() -> None:
         _providers("cuda", ["CPUExecutionProvider"])
 
 
-def test_pinned_threads_give_the_same_answer(tmp_path) -> None:
-    from medinfer.optimize.export import export_onnx, export_openvino
-    from medinfer.runtime.onnxruntime_engine import OnnxRuntimeEngine
-    from medinfer.runtime.openvino_engine import OpenVINOEngine
+def _ort_affinities(engine) -> str | None:
+    """The intra-op thread affinities the ONNX Runtime session was built with (None: unset)."""
+    try:
+        return engine.session.get_session_options().get_session_config_entry(
+            "session.intra_op_thread_affinities")
+    except RuntimeError:  # ORT raises for an entry that was never set
+        return None
+
+
+def _ov_pinning(engine) -> bool:
+    """Whether the compiled OpenVINO model pins its threads."""
+    return bool(engine.compiled.get_property("ENABLE_CPU_PINNING"))
+
+
+def _engine(backend: str, tmp_path, options: EngineOptions):
+    from medinfer.optimize.export import export_onnx
 
     onnx = export_onnx(_net().eval(), torch.zeros(2, 3, 32, 32), tmp_path / "m.onnx")
-    xml = export_openvino(onnx, tmp_path / "m.xml")
-    for cls, path in ((OnnxRuntimeEngine, onnx), (OpenVINOEngine, xml)):
-        free = cls(path, "fp32", EngineOptions(threads=2)).infer(_x())
-        pinned = cls(path, "fp32", EngineOptions(threads=2, pin_threads=True)).infer(_x())
-        np.testing.assert_allclose(pinned, free, atol=1e-5)
+    if backend == "onnxruntime":
+        from medinfer.runtime.onnxruntime_engine import OnnxRuntimeEngine
+
+        return OnnxRuntimeEngine(onnx, "fp32", options)
+    from medinfer.optimize.export import export_openvino
+    from medinfer.runtime.openvino_engine import OpenVINOEngine
+
+    return OpenVINOEngine(export_openvino(onnx, tmp_path / "m.xml"), "fp32", options)
+
+
+@pytest.mark.parametrize(("backend", "pinning", "unpinned", "pinned"), [
+    ("onnxruntime", _ort_affinities, None, "2"),  # the one extra intra-op thread on processor 2
+    ("openvino", _ov_pinning, False, True),
+])
+def test_pinned_threads_give_the_same_answer(tmp_path, backend: str, pinning, unpinned, pinned) -> None:
+    pytest.importorskip(backend)
+    free = _engine(backend, tmp_path / "free", EngineOptions(threads=2))
+    pin = _engine(backend, tmp_path / "pin", EngineOptions(threads=2, pin_threads=True))
+    assert pinning(free) == unpinned
+    assert pinning(pin) == pinned  # the runtime really was asked to pin
+    np.testing.assert_allclose(pin.infer(_x()), free.infer(_x()), atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity API on this platform")
+def test_pinned_torch_engine_keeps_the_process_on_threads_cores() -> None:
+    before, torch_threads = os.sched_getaffinity(0), torch.get_num_threads()
+    threads = max(1, len(before) - 1)  # fewer than the process may use, so pinning shows
+    try:
+        free = TorchEngine(_net(), "fp32", EngineOptions(threads=threads))
+        assert os.sched_getaffinity(0) == before  # not pinning leaves the affinity alone
+        pinned = TorchEngine(_net(), "fp32", EngineOptions(threads=threads, pin_threads=True))
+        after = os.sched_getaffinity(0)
+        assert len(after) == threads and after <= before
+        np.testing.assert_allclose(pinned.infer(_x()), free.infer(_x()), atol=1e-5)
+    finally:  # the affinity and thread count are process-wide: give them back
+        os.sched_setaffinity(0, before)
+        torch.set_num_threads(torch_threads)
 
 
 @needs_cuda

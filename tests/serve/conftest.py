@@ -1,7 +1,8 @@
-"""Fixtures for medinfer.serve tests: configs in tmp_path, tiny DICOM series, fake predictors."""
+"""Fixtures for medinfer.serve tests: configs in tmp_path, a store on a fake clock, a receiver."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,9 +39,32 @@ def make_config(tmp_path: Path) -> Callable[..., ServeConfig]:
     return make
 
 
+class FakeClock:
+    """A ``Store`` clock: real time plus what the test skipped ahead with :meth:`advance`.
+
+    Quiet times and leases then end at once instead of after a sleep, while threads and
+    processes that only need time to pass still see it pass.
+    """
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
 @pytest.fixture
-def store(make_config) -> Store:
-    s = Store(make_config().db_url)
+def clock() -> FakeClock:
+    """The ``store`` fixture's clock: ``clock.advance(s)`` instead of ``time.sleep(s)``."""
+    return FakeClock()
+
+
+@pytest.fixture
+def store(make_config, clock: FakeClock) -> Store:
+    s = Store(make_config().db_url, clock=clock)
     yield s
     s.close()
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import io
 import socket
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-_BESIDE = Path(__file__).resolve().parents[3] / "shared" / "data"
-SHARED = _BESIDE if _BESIDE.is_dir() else Path("/work/shared/data")
-MR_SERIES = SHARED / "dicom-mr-brain-tumor-progression" / "PGBM-001" / "11-T1post-80644"
+from medinfer.artifact import ArtifactSpec, InputSpec, ModelArtifact
+from medinfer.data.spec import Preprocessing
+from medinfer.tasks import Prediction, Task, task_for
+from shared_data import SHARED_DATA
+
+MR_SERIES = SHARED_DATA / "dicom-mr-brain-tumor-progression" / "PGBM-001" / "11-T1post-80644"
 
 
 def free_port() -> int:
@@ -22,37 +24,44 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass(frozen=True)
-class FakePrediction:
-    """Same fields as medinfer.apps.predictor.Prediction."""
-
-    task: str
-    mask: np.ndarray | None
-    segments: dict[int, str]
-    scores: dict[str, float] = field(default_factory=dict)
-    thresholds: dict[str, float] = field(default_factory=dict)
-    artifact: str = "fake"
-    variant: str = "torch-fp32"
-    seconds: dict[str, float] = field(default_factory=dict)
+def fake_task(task: str = "segmentation") -> Task:
+    """The real task of a weightless artifact named ``fake`` (what a fake model writes with)."""
+    spec = ArtifactSpec(task=task, architecture="fake", in_channels=1, out_channels=2,
+                        input=InputSpec(channels=1, spatial=(16, 16)), preprocessing=Preprocessing(),
+                        segments={1: "lesion"})
+    return task_for(ModelArtifact(Path("fake"), spec))
 
 
-class ThresholdPredictor:
+class FakeModel:
+    """A stand-in for :class:`medinfer.tasks.Predictor`: its own ``predict``, the real task's
+    ``write``."""
+
+    task = fake_task()
+
+    def write(self, pred, image, out_dir, options):
+        return self.task.write(pred, image, out_dir, options)
+
+
+class ThresholdPredictor(FakeModel):
     """Segments pixels brighter than the image mean as label 1 ("lesion")."""
 
     calls = 0
 
-    def predict(self, image) -> FakePrediction:
+    def predict(self, image) -> Prediction:
         ThresholdPredictor.calls += 1
         mask = (image.array.mean(axis=0) > image.array.mean()).astype(np.uint8)
-        return FakePrediction("segmentation", mask, {1: "lesion"}, seconds={"infer": 0.001})
+        return Prediction("segmentation", mask, {1: "lesion"}, artifact="fake", variant="torch-fp32",
+                          seconds={"infer": 0.001})
 
 
-class FindingsPredictor:
+class FindingsPredictor(FakeModel):
     """Classification: two findings with fixed scores."""
 
-    def predict(self, image) -> FakePrediction:
-        return FakePrediction("classification", None, {}, {"Effusion": 0.8, "Mass": 0.1},
-                              {"Effusion": 0.5, "Mass": 0.5})
+    task = fake_task("classification")
+
+    def predict(self, image) -> Prediction:
+        return Prediction("classification", None, {}, {"Effusion": 0.8, "Mass": 0.1},
+                          {"Effusion": 0.5, "Mass": 0.5}, artifact="fake", variant="torch-fp32")
 
 
 def mr_slice(pixels: np.ndarray, z: float, study_uid: str, series_uid: str, number: int,

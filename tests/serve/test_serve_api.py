@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +170,7 @@ def test_oversized_uploads_are_refused_with_413(service, store: Store) -> None:
         assert s.query(Instance).count() == 0
 
 
-def test_stow_rs_stores_instances_and_routes_after_quiet_time(service) -> None:
+def test_stow_rs_stores_instances_and_routes_after_quiet_time(service, clock) -> None:
     client, tokens, worker, receiver = service()
     series = make_series(3)
     body, headers = stow_body([to_bytes(ds) for ds in series] + [b"garbage"])
@@ -182,7 +181,7 @@ def test_stow_rs_stores_instances_and_routes_after_quiet_time(service) -> None:
     assert stored == [ds.SOPInstanceUID for ds in series]
     assert "part 3: not a readable DICOM file" in r.json()["00081198"]["Value"][0]["00081196"]["Value"][0]
     assert receiver.close_quiet_studies() == []  # not quiet yet
-    time.sleep(0.35)
+    clock.advance(0.35)  # past quiet_seconds (0.3)
     [job] = receiver.close_quiet_studies()
     assert worker.run_once()
     assert client.get(f"/api/v1/jobs/{job}", headers=auth(tokens["read"])).json()["state"] == "done"

@@ -18,8 +18,10 @@ from medinfer.serve.worker import Worker
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 sync_api = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(CHROMIUM is None,
-                                reason="chromium not installed (apt-get install chromium)")
+pytestmark = [
+    pytest.mark.slow,  # a live uvicorn server and a headless browser
+    pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium)"),
+]
 
 
 @pytest.fixture

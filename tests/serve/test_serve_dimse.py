@@ -36,7 +36,7 @@ def associate(port: int, calling: str, contexts=(Verification, MRImageStorage)):
     return ae.associate("127.0.0.1", port, ae_title="MEDINFER")
 
 
-def test_echo_and_store_then_quiet_time_closes_the_study(scp, store: Store) -> None:
+def test_echo_and_store_then_quiet_time_closes_the_study(scp, store: Store, clock) -> None:
     cfg, receiver = scp
     assoc = associate(cfg.dicom.port, "MODALITY")
     assert assoc.is_established
@@ -52,7 +52,7 @@ def test_echo_and_store_then_quiet_time_closes_the_study(scp, store: Store) -> N
         paths = [Path(i.path) for i in s.query(Instance)]
     assert len(paths) == 3 and all(dcmread(p).Modality == "MR" for p in paths)
     assert receiver.close_quiet_studies() == []
-    time.sleep(cfg.quiet_seconds + 0.05)
+    clock.advance(cfg.quiet_seconds + 0.05)
     assert len(receiver.close_quiet_studies()) == 1
     with store.session() as s:
         study = s.query(Study).one()
@@ -61,15 +61,21 @@ def test_echo_and_store_then_quiet_time_closes_the_study(scp, store: Store) -> N
         assert (audit.actor, audit.target) == ("ae:MODALITY", f"study:{study.id}")
 
 
+def _audit_event(store: Store, action: str) -> AuditEvent | None:
+    with store.session() as s:
+        return s.query(AuditEvent).filter_by(action=action).one_or_none()
+
+
 def test_unknown_calling_ae_is_rejected_and_audited(scp, store: Store) -> None:
     cfg, _ = scp
     assoc = associate(cfg.dicom.port, "INTRUDER")
     assert assoc.is_rejected and not assoc.is_established
-    time.sleep(0.1)
+    deadline = time.time() + 5  # the server thread records the rejection
+    while (event := _audit_event(store, "association-rejected")) is None and time.time() < deadline:
+        time.sleep(0.01)
     with store.session() as s:
         assert s.query(Instance).count() == 0
-        event = s.query(AuditEvent).filter_by(action="association-rejected").one()
-        assert event.actor == "ae:INTRUDER"
+    assert event is not None and event.actor == "ae:INTRUDER"
 
 
 def test_undecodable_instance_is_refused_with_a_failure_status(scp, store: Store) -> None:
@@ -132,7 +138,7 @@ def test_destination_down_keeps_results_pending_and_resends_later(make_config, s
     assert deliver_due(cfg, store) == 0  # sent once, not again
 
 
-def test_concurrent_associations_store_everything(scp, store: Store) -> None:
+def test_concurrent_associations_store_everything(scp, store: Store, clock) -> None:
     cfg, receiver = scp
     studies = [make_series(4) for _ in range(4)]
 
@@ -147,7 +153,7 @@ def test_concurrent_associations_store_everything(scp, store: Store) -> None:
         t.start()
     for t in threads:
         t.join()
-    time.sleep(cfg.quiet_seconds + 0.05)
+    clock.advance(cfg.quiet_seconds + 0.05)
     assert len(receiver.close_quiet_studies()) == 4
     with store.session() as s:
         assert s.query(Instance).count() == 16

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from orthanc_pacs import Orthanc, orthanc_binary
 from serve_helpers import MR_SERIES, free_port, make_artifact
+from shared_data import require
 
 from medinfer.serve.config import ServeConfig
 from medinfer.serve.models import Delivery
@@ -18,6 +19,7 @@ from medinfer.serve.service import Service
 from medinfer.serve.worker import Worker
 
 pytestmark = [
+    pytest.mark.slow,  # a real Orthanc PACS and dcmtk processes
     pytest.mark.skipif(orthanc_binary() is None,
                        reason="Orthanc not installed (apt-get install orthanc orthanc-dicomweb)"),
     pytest.mark.skipif(shutil.which("storescu") is None or shutil.which("echoscu") is None,
@@ -44,8 +46,7 @@ def wait_for(check, timeout: float, what: str):
 
 
 def test_storescu_to_medinfer_to_orthanc_seg(tmp_path: Path, orthanc: Orthanc) -> None:
-    if not MR_SERIES.is_dir():
-        pytest.skip(f"staged data not available: {MR_SERIES}")
+    require(MR_SERIES)
     artifact = make_artifact(tmp_path / "brain-test", dims=3)
     dicom_port = free_port()
     cfg = ServeConfig.model_validate({

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from pydicom import dcmread
 from serve_helpers import MR_SERIES, make_artifact
+from shared_data import require
 
 from medinfer.serve.config import load_config
 from medinfer.serve.ingest import Receiver
@@ -28,9 +29,7 @@ def mr_artifact(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def mr_files() -> list[Path]:
-    if not MR_SERIES.is_dir():
-        pytest.skip(f"staged data not available: {MR_SERIES}")
-    return sorted(MR_SERIES.iterdir())
+    return sorted(require(MR_SERIES).iterdir())
 
 
 def write_config(tmp_path: Path, artifact: Path, **kw: object) -> Path:
@@ -71,11 +70,12 @@ def test_mr_series_through_the_real_predictor(tmp_path, mr_artifact, mr_files) -
     store.close()
 
 
+@pytest.mark.slow  # a `medinfer serve --worker` process, killed mid-job
 def test_killed_worker_job_is_retried_and_completed_exactly_once(
-        tmp_path, mr_artifact, mr_files) -> None:
+        tmp_path, mr_artifact, mr_files, clock) -> None:
     config_path = write_config(tmp_path, mr_artifact)
     cfg = load_config(config_path)
-    store = Store(cfg.db_url)
+    store = Store(cfg.db_url, clock=clock)
     job_id = queue_mr_study(Receiver(cfg, store), mr_files)
     medinfer = Path(sys.executable).parent / "medinfer"
     proc = subprocess.Popen([str(medinfer), "serve", "--config",
@@ -99,7 +99,7 @@ def test_killed_worker_job_is_retried_and_completed_exactly_once(
         assert s.get(Job, job_id).state == "running"
     survivor = Worker(cfg, store, "survivor")
     assert not survivor.run_once()  # the dead worker's lease has not expired yet
-    time.sleep(cfg.lease_seconds)
+    clock.advance(cfg.lease_seconds)  # now it has: no renewal since the kill
     assert survivor.run_once()
     assert not survivor.run_once()  # nothing left: the job is not run again
     with store.session() as s:

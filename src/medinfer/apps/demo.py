@@ -60,7 +60,7 @@ def prepare(cfg: DemoConfig) -> tuple[ModelArtifact, Path, Path]:
         shutil.copy2(src.root / name, dst / name)
     art = ModelArtifact.load(dst)
     art.spec.variants, art.spec.chosen = [], None
-    tcfg = dict(art.spec.training.get("config") or {})
+    tcfg = dict(art.spec.training.config)
     train, val = split_pairs(find_pairs(cfg.data), float(tcfg.get("val_fraction", 0.2)),
                              int(tcfg.get("seed", 0)))
     for sub in ("calib", "val"):

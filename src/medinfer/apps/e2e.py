@@ -9,7 +9,6 @@ speed-up (MONAI's own spleen bundle reports 3.3x on the model and 1.00x end to e
 
 from __future__ import annotations
 
-import json
 import statistics
 import tempfile
 import time
@@ -17,12 +16,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from medinfer.apps.predictor import Prediction, Predictor
+from medinfer.apps.predict import stem
 from medinfer.artifact import ModelArtifact
 from medinfer.errors import InputError
-from medinfer.io import Image, read_image
-from medinfer.runtime import EngineOptions
-from medinfer.runtime.loader import variant_by_name
+from medinfer.io import read_image
+from medinfer.runtime import EngineOptions, variant_by_name
+from medinfer.tasks import Predictor, WriteOptions
+from medinfer.variants import REFERENCE
 
 STAGES = ("read", "preprocess", "infer", "postprocess", "write")
 
@@ -38,23 +38,11 @@ class StageTimes:
     samples_ms: dict[str, list[float]] = field(default_factory=dict)
 
 
-def write_prediction(pred: Prediction, image: Image, out: Path) -> Path:
-    """Write what a caller would keep: the mask (PNG for 2D, NIfTI for volumes) or the scores JSON."""
-    from medinfer.io import write_mask_nifti, write_mask_png
-
-    if pred.mask is None:
-        out = out.with_suffix(".json")
-        out.write_text(json.dumps(pred.summary()))
-        return out
-    if pred.mask.ndim == 2:
-        return write_mask_png(pred.mask > 0, out.with_suffix(".png"))
-    return write_mask_nifti(pred.mask > 0, out.with_suffix(".nii.gz"), reference=image)
-
-
 def time_variant(art: ModelArtifact, variant: str, inputs: Sequence[Path], out_dir: Path,
                  options: EngineOptions = EngineOptions(), warmup: int = 1,
                  on_input: Callable[[], None] = lambda: None) -> StageTimes:
-    """Run every input through ``variant`` and time each stage of each request."""
+    """Run every input through ``variant`` and time each stage of each request; ``write`` is
+    what ``medinfer predict`` writes for it."""
     rec = variant_by_name(art, variant)
     samples: dict[str, list[float]] = {s: [] for s in STAGES}
     with Predictor.open(art, rec.backend, rec.precision, options) as predictor:
@@ -64,7 +52,8 @@ def time_variant(art: ModelArtifact, variant: str, inputs: Sequence[Path], out_d
             t1 = time.perf_counter()
             pred = predictor.predict(image)
             t2 = time.perf_counter()
-            write_prediction(pred, image, out_dir / f"{variant}_{Path(path).name.split('.')[0]}")
+            predictor.write(pred, image, out_dir, WriteOptions(stem=f"{variant}_{stem(Path(path))}",
+                                                               dicom=False))
             t3 = time.perf_counter()
             if i < warmup:
                 continue
@@ -94,9 +83,25 @@ def end_to_end(art: ModelArtifact, variants: Sequence[str], inputs: Sequence[str
         return [time_variant(art, v, paths, dest, options, on_input=on_input) for v in variants]
 
 
-def speedups(rows: list[StageTimes], reference: str = "torch-fp32") -> list[dict[str, object]]:
+def speedups(rows: list[StageTimes], reference: str = REFERENCE) -> list[dict[str, object]]:
     """Per variant: model (infer) speed-up and whole-request speed-up against ``reference``."""
     ref = next((r for r in rows if r.variant == reference), rows[0])
     return [{**asdict(r), "samples_ms": None,
              "model_speedup": ref.median_ms["infer"] / r.median_ms["infer"],
              "end_to_end_speedup": ref.total_ms / r.total_ms} for r in rows]
+
+
+def end_to_end_report(art: ModelArtifact, variants: Sequence[str] | None, inputs: Sequence[str | Path],
+                      options: EngineOptions, command: str,
+                      on_input: Callable[[], None] = lambda: None) -> dict[str, object]:
+    """``medinfer bench --end-to-end``: stage timings with speed-ups, machine and versions.
+
+    ``variants`` default to the reference and the artifact's chosen variant.
+    """
+    from medinfer.runtime.bench import machine_info, versions
+
+    names = list(variants) if variants else list(dict.fromkeys([REFERENCE, art.spec.chosen or REFERENCE]))
+    rows = end_to_end(art, names, inputs, options, on_input=on_input)
+    return {"artifact": str(art.root), "command": command, "machine": machine_info(),
+            "versions": versions(), "threads": options.threads, "inputs": [str(p) for p in inputs],
+            "variants": speedups(rows)}

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from medinfer.apps.tasks import check_layout, task_for
 from medinfer.artifact import ModelArtifact
 from medinfer.runtime import EngineOptions, open_engine, resolve_variant
+from medinfer.tasks import task_for
 
 
 def evaluate_folder(art: ModelArtifact, data_dir: str | Path, backend: str | None = None,
@@ -22,7 +22,7 @@ def evaluate_folder(art: ModelArtifact, data_dir: str | Path, backend: str | Non
         InputError: the folder is missing or not in the model's data layout.
     """
     task = task_for(art)
-    check_layout(task, Path(data_dir))
+    task.check_layout(Path(data_dir))
     data = task.load_eval(Path(data_dir), limit)
     variant = resolve_variant(art, backend, precision)
     engine = open_engine(art, variant, options)

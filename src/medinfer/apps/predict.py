@@ -1,34 +1,40 @@
-"""`medinfer predict` for every task: files in, results beside each input's name out."""
+"""`medinfer predict` for every task: files in, the task's results beside each input's name out."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from medinfer.apps.predictor import Predictor
 from medinfer.artifact import ModelArtifact
 from medinfer.errors import InputError
 from medinfer.io import read_image
 from medinfer.runtime import EngineOptions
+from medinfer.tasks import Predictor, WriteOptions
 
 log = logging.getLogger(__name__)
 
+MAIN_KINDS = ("mask", "json")
+"""The file that stands for a prediction, by preference (a mask, else the JSON summary)."""
 
-def _stem(path: Path) -> str:
+
+def stem(path: Path) -> str:
+    """File name without any suffix (``case.nii.gz`` -> ``case``)."""
     return path.name.split(".")[0]
 
 
 def predict_files(art: ModelArtifact, inputs: Sequence[str | Path], out_dir: str | Path,
                   backend: str | None = None, precision: str | None = None,
-                  options: EngineOptions = EngineOptions()) -> list[Path]:
-    """Run the model on each file and write its result; returns the main result paths.
+                  options: EngineOptions = EngineOptions(), **task_options: Any) -> list[Path]:
+    """Run the model on each file and write the task's results; returns the main result paths.
 
     * 2D segmentation: ``<stem>_mask.png`` and ``<stem>_overlay.png`` at the image's own size;
-    * 3D segmentation: ``<stem>_mask.nii.gz`` on the volume's grid with its geometry;
+    * 3D segmentation: ``<stem>_mask.nii.gz`` on the volume's grid with its geometry, and an
+      overlay of the slice with the most foreground;
     * classification: ``<stem>.json`` with every finding's probability, threshold and the
-      findings called positive.
+      findings called positive;
+    * every task: ``<stem>.json``, the prediction's summary.
 
     An unreadable or unsuitable input is reported and skipped; results already written are
     kept.
@@ -36,12 +42,9 @@ def predict_files(art: ModelArtifact, inputs: Sequence[str | Path], out_dir: str
     Raises:
         InputError: if no input could be processed (the first error is re-raised).
     """
-    from medinfer.io import write_mask_nifti, write_mask_png, write_overlay_png
-
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written, errors = [], []
-    with Predictor.open(art, backend, precision, options) as predictor:
+    with Predictor.open(art, backend, precision, options, **task_options) as predictor:
         for path in map(Path, inputs):
             try:
                 image = read_image(path)
@@ -50,16 +53,9 @@ def predict_files(art: ModelArtifact, inputs: Sequence[str | Path], out_dir: str
                 log.error("skipped %s", exc)
                 errors.append(exc)
                 continue
-            stem = _stem(path)
-            if pred.mask is None:
-                target = out_dir / f"{stem}.json"
-                target.write_text(json.dumps({"input": str(path), **pred.summary()}, indent=2))
-            elif pred.mask.ndim == 2:
-                target = write_mask_png(pred.mask > 0, out_dir / f"{stem}_mask.png")
-                write_overlay_png(image.array, pred.mask > 0, out_dir / f"{stem}_overlay.png")
-            else:
-                target = write_mask_nifti(pred.mask > 0, out_dir / f"{stem}_mask.nii.gz", reference=image)
-            written.append(target)
+            files = predictor.write(pred, image, out_dir, WriteOptions(stem=stem(path), dicom=False,
+                                                                       summary={"input": str(path)}))
+            written.append(next(f.path for k in MAIN_KINDS for f in files if f.kind == k))
     if errors and not written:
         raise errors[0]
     return written

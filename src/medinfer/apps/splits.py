@@ -30,12 +30,12 @@ def classification_split(art: ModelArtifact, work: Path, data: Path | None = Non
     """Folders of the artifact's train (first ``n_calib``), validation and test patients."""
     from medinfer.data.labels import read_labels, write_subset
 
-    split = art.spec.training.get("split_patients")
-    if not isinstance(split, dict):
+    split = art.spec.training.split
+    if split is None or split.unit != "patient":
         raise ArtifactError(art.root, "no recorded patient split (train it with `medinfer train`)")
-    data = Path(data or str(art.spec.training["data"]))
+    data = Path(data or str(art.spec.training.data))
     records = read_labels(data, art.spec.classes)
-    parts = {k: [r for r in records if r.patient in set(map(str, split[k]))] for k in ("train", "val", "test")}
+    parts = {k: [r for r in records if r.patient in set(getattr(split, k))] for k in ("train", "val", "test")}
     return SplitFolders(write_subset(parts["train"][:n_calib], work / "calib"),
                         write_subset(parts["val"], work / "tune"), write_subset(parts["test"], work / "test"))
 
@@ -48,10 +48,11 @@ def volume_split(art: ModelArtifact, work: Path, data: Path | None = None) -> Sp
     """
     from medinfer.data.volumes import find_volume_pairs, write_volume_subset
 
-    train, val = art.spec.training.get("train"), art.spec.training.get("val")
-    if not isinstance(train, list) or not isinstance(val, list):
+    split = art.spec.training.split
+    if split is None or split.unit != "case" or not split.val:
         raise ArtifactError(art.root, "no recorded volume split (train it with `medinfer train`)")
-    pairs = find_volume_pairs(Path(data or str(art.spec.training["data"])))
+    train, val = split.train, split.val
+    pairs = find_volume_pairs(Path(data or str(art.spec.training.data)))
     tr = [p for p in pairs if p.name in train]
     te = [p for p in pairs if p.name in val]
     calib = write_volume_subset(tr, work / "calib")

@@ -63,6 +63,11 @@ class LabeledArrays:
     def __len__(self) -> int:
         return len(self.names)
 
+    def subset(self, index: Sequence[int]) -> LabeledArrays:
+        idx = list(index)
+        return LabeledArrays(self.images[idx], self.labels[idx], self.abnormal[idx],
+                             [self.names[i] for i in idx], self.classes)
+
 
 def is_labeled_folder(root: str | Path) -> bool:
     """Whether ``root`` holds a ``labels.csv`` (the classification layout)."""

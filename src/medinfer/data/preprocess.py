@@ -20,10 +20,10 @@ def resize_image(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize a boolean (H, W) mask with nearest-neighbour sampling; returns bool (H, W)."""
+def resize_mask(mask: np.ndarray, size: tuple[int, ...]) -> np.ndarray:
+    """Resize a (H, W) mask or label map with nearest-neighbour sampling; keeps its dtype."""
     out = Resize(spatial_size=size, mode="nearest")(mask[None].astype(np.float32))
-    return np.asarray(out)[0] > 0.5
+    return np.rint(np.asarray(out)[0]).astype(mask.dtype)
 
 
 def normalize(array: np.ndarray, spec: Preprocessing) -> np.ndarray:

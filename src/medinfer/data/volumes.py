@@ -37,6 +37,10 @@ class VolumeSet:
     def __len__(self) -> int:
         return len(self.names)
 
+    def subset(self, index: Sequence[int]) -> VolumeSet:
+        return VolumeSet([self.names[i] for i in index], [self.images[i] for i in index],
+                         [self.masks[i] for i in index])
+
 
 def _stem(path: Path) -> str:
     name = path.name
@@ -113,6 +117,43 @@ def load_volumes(pairs: Sequence[VolumePair], spec: Preprocessing,
         if progress:
             progress(1)
     return VolumeSet(names, images, masks)
+
+
+def pad_to(x: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Zero-pad a (C, *S) array at the far end of each spatial axis up to ``size``."""
+    pad = [(0, 0)] + [(0, max(int(s) - d, 0)) for d, s in zip(x.shape[1:], size)]
+    return np.pad(x, pad) if any(p[1] for p in pad) else x
+
+
+def window_at(image: np.ndarray, centre: np.ndarray, size: Sequence[int]) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """The (C, *size) window of ``image`` centred on ``centre`` (clipped to the volume,
+    zero-padded where the volume is smaller), and its spatial slices."""
+    shape, size_ = np.array(image.shape[1:]), np.array(size)
+    lo = np.clip(np.asarray(centre) - size_ // 2, 0, np.maximum(shape - size_, 0))
+    sl = tuple(slice(int(a), int(a) + int(s)) for a, s in zip(lo, size_))
+    return pad_to(image[(slice(None), *sl)], size), sl
+
+
+def sample_windows(data: VolumeSet, size: tuple[int, ...], n: int, fg_prob: float,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random windows (image (n, C, *size), mask (n, 1, *size)) from random volumes.
+
+    With probability ``fg_prob`` a window is centred on a random foreground voxel (tumours
+    are a small fraction of a brain), else anywhere; windows are clipped to the volume.
+    """
+    xs, ys = [], []
+    for _ in range(n):
+        v = int(rng.integers(len(data)))
+        image, mask = data.images[v], data.masks[v]
+        if rng.random() < fg_prob and mask.any():
+            fg = np.argwhere(mask)
+            centre = fg[rng.integers(len(fg))]
+        else:
+            centre = np.array([rng.integers(s) for s in mask.shape])
+        x, sl = window_at(image, centre, size)
+        xs.append(x)
+        ys.append(pad_to(mask[sl][None].astype(np.float32), size))
+    return np.stack(xs), np.stack(ys)
 
 
 def write_volume_subset(pairs: Sequence[VolumePair], dest: str | Path) -> Path:

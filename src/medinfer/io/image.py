@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +41,10 @@ class Image:
         source: the file or folder the image was read from, if any.
         meta: small source metadata (``format``, ``frame``, ``modality``,
             ``series_uid``, ``rescale_applied``, ...).
+        instances: DICOM only: the source datasets (pydicom, pixel data dropped) in array
+            order: ``instances[k]`` is slice ``k`` of a series (one dataset for a single or
+            multi-frame file). Derived objects (SEG, SR) are built from them, so they never
+            need a second reading or sorting of the files.
     """
 
     array: np.ndarray
@@ -48,6 +53,7 @@ class Image:
     direction: np.ndarray
     source: Path | None = None
     meta: dict[str, object] = field(default_factory=dict)
+    instances: tuple[Any, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         array = np.asarray(self.array)
@@ -76,6 +82,7 @@ class Image:
         if self.source is not None:
             object.__setattr__(self, "source", Path(self.source))
         object.__setattr__(self, "meta", dict(self.meta))
+        object.__setattr__(self, "instances", tuple(self.instances))
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:

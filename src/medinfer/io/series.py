@@ -97,6 +97,7 @@ def read_dicom_file(path: str | Path) -> Image:
         np.eye(2),
         path,
         meta,
+        [first],
     )
 
 
@@ -214,7 +215,7 @@ def _build_volume(slices: list[DicomSlice], label: Path, from_series: bool) -> I
     meta = _meta(first, len({s.path for s in slices}), rescale)
     meta["num_slices"] = len(ordered)
     spacing = (float(in_plane[0]), float(in_plane[1]), gap)
-    return _make_image(array, spacing, tuple(origin), direction, label, meta)
+    return _make_image(array, spacing, tuple(origin), direction, label, meta, ordered)
 
 
 def _order_slices(
@@ -365,9 +366,18 @@ def _make_image(
     direction: np.ndarray,
     source: Path,
     meta: dict[str, object],
+    slices: Sequence[DicomSlice] = (),
 ) -> Image:
-    """Build the Image, turning inconsistent geometry into InputError."""
+    """Build the Image, turning inconsistent geometry into InputError.
+
+    ``slices`` (in array order) become :attr:`Image.instances`: each dataset once, its
+    pixel data dropped (already decoded into ``array``).
+    """
+    instances = list({id(s.ds): s.ds for s in slices}.values())
+    for ds in instances:
+        if "PixelData" in ds:
+            del ds.PixelData
     try:
-        return Image(array, spacing, origin, direction, source, meta)
+        return Image(array, spacing, origin, direction, source, meta, instances)
     except ValueError as exc:
         raise InputError(source, f"inconsistent DICOM geometry ({exc})") from exc

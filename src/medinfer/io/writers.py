@@ -126,11 +126,12 @@ def _save_nifti(data: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
 def write_mask_nifti(
     mask: np.ndarray, path: str | Path, reference: Image | np.ndarray | None = None
 ) -> Path:
-    """Write a binary mask as a uint8 {0, 1} NIfTI file.
+    """Write a mask or label map as a uint8 NIfTI file.
 
     Args:
         mask: spatial-shaped array (e.g. ``(X, Y, Z)``), or with a leading
-            axis of size 1; nonzero is foreground.
+            axis of size 1: an integer label map keeps its values (0..255),
+            a boolean or float mask becomes {0, 1} (nonzero is foreground).
         path: target ``.nii`` or ``.nii.gz`` file.
         reference: an :class:`Image` whose geometry the mask shares (its
             spatial shape must match), a ``(4, 4)`` voxel-to-RAS affine, or
@@ -153,7 +154,8 @@ def write_mask_nifti(
         affine = np.eye(4) if reference is None else np.asarray(reference, dtype=np.float64)
         if affine.shape != (4, 4):
             raise ValueError(f"affine must have shape (4, 4), got {affine.shape}")
-    return _save_nifti((arr != 0).astype(np.uint8), affine, path)
+    labels = arr.astype(np.uint8) if np.issubdtype(arr.dtype, np.integer) else (arr != 0).astype(np.uint8)
+    return _save_nifti(labels, affine, path)
 
 
 def write_image_nifti(image: Image, path: str | Path) -> Path:

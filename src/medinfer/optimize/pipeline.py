@@ -1,7 +1,8 @@
 """`medinfer optimize`: build every variant, verify the task's medical metric, pick the fastest that passes.
 
 The same loop serves every task (2D / 3D segmentation: Dice; multi-label classification:
-mean AUC and each class's AUC) through :mod:`medinfer.apps.tasks`.
+mean AUC and each class's AUC; any registered task) through :mod:`medinfer.tasks`; the
+variants are those of :mod:`medinfer.variants`.
 """
 
 from __future__ import annotations
@@ -14,26 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from medinfer.apps.tasks import GateLimits, Task, check_layout, task_for
 from medinfer.artifact import ModelArtifact, VariantRecord
 from medinfer.optimize import export, inspect, quantize
 from medinfer.runtime import EngineOptions, open_engine
 from medinfer.runtime.measure import timed_runs
+from medinfer.tasks import GateLimits, Task, task_for
+from medinfer.variants import REFERENCE, VARIANT_DIR, get_kind, kinds
 
 log = logging.getLogger(__name__)
-
-VARIANT_DIR = "variants"
-# name -> (backend, precision, file under variants/)
-VARIANTS: dict[str, tuple[str, str, str]] = {
-    "torch-fp32": ("torch", "fp32", ""),
-    "onnxruntime-fp32": ("onnxruntime", "fp32", "model.onnx"),
-    "onnxruntime-int8": ("onnxruntime", "int8", "model_int8_qdq.onnx"),
-    "onnxruntime-int8-dynamic": ("onnxruntime", "int8-dynamic", "model_int8_dynamic.onnx"),
-    "openvino-fp32": ("openvino", "fp32", "model.xml"),
-    "openvino-int8": ("openvino", "int8", "model_int8.xml"),
-    "openvino-int8-ac": ("openvino", "int8-ac", "model_int8_ac.xml"),
-}
-
 
 @dataclass(frozen=True)
 class OptimizeConfig:
@@ -65,45 +54,31 @@ class OptimizeConfig:
 
 def build_variants(art: ModelArtifact, calib: np.ndarray, step: Callable[[str], None]) -> None:
     """Export and quantize every post-training variant into ``art.root/variants``."""
-    vdir = art.root / VARIANT_DIR
-    vdir.mkdir(parents=True, exist_ok=True)
-    onnx_fp32, xml_fp32 = vdir / "model.onnx", vdir / "model.xml"
+    (art.root / VARIANT_DIR).mkdir(parents=True, exist_ok=True)
+    path = {k.name: art.root / k.path for k in kinds() if k.path}
+    onnx_fp32, xml_fp32 = path["onnxruntime-fp32"], path["openvino-fp32"]
     step("export ONNX")
     export.export_onnx(art.load_network(), art.example_input(2), onnx_fp32)
     step("convert OpenVINO IR")
     export.export_openvino(onnx_fp32, xml_fp32)
     step("ONNX Runtime static INT8 (QDQ)")
-    quantize.ort_static_int8(onnx_fp32, vdir / VARIANTS["onnxruntime-int8"][2], calib)
+    quantize.ort_static_int8(onnx_fp32, path["onnxruntime-int8"], calib)
     step("ONNX Runtime dynamic INT8")
-    quantize.ort_dynamic_int8(onnx_fp32, vdir / VARIANTS["onnxruntime-int8-dynamic"][2])
+    quantize.ort_dynamic_int8(onnx_fp32, path["onnxruntime-int8-dynamic"])
     step("OpenVINO INT8 (NNCF)")
-    quantize.openvino_int8(xml_fp32, vdir / VARIANTS["openvino-int8"][2], calib)
-
-
-def variant_files(art: ModelArtifact, rel: str) -> list[Path]:
-    """Files making up a variant (IR: .xml + .bin; torch: the weights)."""
-    if not rel:
-        return [art.weights_path]
-    path = art.root / rel
-    return [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path]
-
-
-def variant_record(name: str) -> VariantRecord:
-    backend, precision, fname = VARIANTS[name]
-    return VariantRecord(name=name, backend=backend, precision=precision,
-                         path=f"{VARIANT_DIR}/{fname}" if fname else "")
+    quantize.openvino_int8(xml_fp32, path["openvino-int8"], calib)
 
 
 def check_variant(art: ModelArtifact, name: str, task: Task, val: Any, cfg: OptimizeConfig) -> VariantRecord:
     """Evaluate one variant's task metrics and its quick latency on a representative batch."""
-    rec = variant_record(name)
+    rec = VariantRecord.of(get_kind(name))
     engine = open_engine(art, rec, cfg.options)
     try:
         rec.metrics = {k: v for k, v in task.score(engine, val).items() if isinstance(v, float)}
         rec.latency_ms = float(np.median(timed_runs(engine.infer, task.latency_batch(val), 1, cfg.latency_runs)))
     finally:
         engine.close()
-    rec.size_mb = sum(f.stat().st_size for f in variant_files(art, rec.path)) / 2**20
+    rec.size_mb = art.variant_size_mb(rec)
     if rec.path.endswith(".onnx"):
         rec.ops = inspect.onnx_float_ops(art.root / rec.path)
     elif rec.path.endswith(".xml"):
@@ -112,8 +87,8 @@ def check_variant(art: ModelArtifact, name: str, task: Task, val: Any, cfg: Opti
 
 
 def apply_gate(records: list[VariantRecord], task: Task, limits: GateLimits) -> str | None:
-    """Mark each record passed/rejected against torch-fp32; return the fastest passing name."""
-    ref = next(r for r in records if r.name == "torch-fp32").metrics
+    """Mark each record passed/rejected against the reference; return the fastest passing name."""
+    ref = next(r for r in records if r.name == REFERENCE).metrics
     for r in records:
         r.reason = task.gate(ref, r.metrics, limits)
         r.passed = not r.reason
@@ -126,38 +101,38 @@ def optimize(art: ModelArtifact, cfg: OptimizeConfig,
     """Build, verify and rank every variant; store them and the chosen one in ``art``.
 
     Returns:
-        The variant records in :data:`VARIANTS` order (accuracy-controlled INT8 only with
-        ``cfg.tune``), each with metrics, gate verdict, latency, size and operator precision.
+        The variant records in registry order (:func:`medinfer.variants.kinds`; those that
+        need tuning data only with ``cfg.tune``), each with metrics, gate verdict, latency,
+        size and operator precision.
     """
     task = task_for(art)
     for folder in (cfg.val, cfg.tune):
         if folder is not None:
-            check_layout(task, folder)
+            task.check_layout(folder)
     step("load calibration data")
     calib = task.load_calib(cfg.calib, cfg.calib_limit)
     step("load validation data")
     val = task.load_eval(cfg.val, cfg.val_limit)
     build_variants(art, calib, step)
-    names = [n for n in VARIANTS if n != "openvino-int8-ac"]
+    names = [k.name for k in kinds(optimized=True) if cfg.tune is not None or not k.needs_tuning_data]
     float_layers: list[str] = []
     if cfg.tune is not None:
         step(f"OpenVINO INT8 with accuracy control ({task.primary}, NNCF)")
         tune = task.load_eval(cfg.tune, cfg.tune_limit)
-        vdir = art.root / VARIANT_DIR
         _, float_layers = quantize.openvino_int8_accuracy_control(
-            vdir / "model.xml", vdir / VARIANTS["openvino-int8-ac"][2], calib, task, tune, cfg.max_drop)
-        names.append("openvino-int8-ac")
+            art.root / get_kind("openvino-fp32").path, art.root / get_kind("openvino-int8-ac").path,
+            calib, task, tune, cfg.max_drop)
     records = []
     for name in names:
         step(f"evaluate {name}")
         records.append(check_variant(art, name, task, val, cfg))
-        if name == "openvino-int8-ac":
+        if get_kind(name).needs_tuning_data:
             records[-1].float_layers = float_layers
     chosen = apply_gate(records, task, GateLimits(cfg.max_drop, cfg.max_class_drop))
     for r in records:
         art.upsert_variant(r)
     art.spec.chosen = chosen
-    art.spec.training["optimize"] = {
+    art.spec.training.optimize = {
         "calib": str(cfg.calib), "val": str(cfg.val), "tune": str(cfg.tune) if cfg.tune else None,
         "n_calib": len(calib), "n_val": task.count(val), "max_drop": cfg.max_drop,
         "max_class_drop": cfg.max_class_drop, "primary": task.primary}

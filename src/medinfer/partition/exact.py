@@ -24,7 +24,7 @@ from medinfer.partition import ops  # noqa: F401  (registers the partitioned rul
 from medinfer.partition.check import as_batch, check_partitionable
 from medinfer.partition.errors import PartitionGeometryError
 from medinfer.partition.geometry import Layout, cube_tile, halo_tiles, split_axis, tile_axis
-from medinfer.partition.progress import progress_bar
+from medinfer.progress import progress_bar
 from medinfer.partition.receptive import NetworkGeometry, network_geometry
 from medinfer.partition.store import LocalContext, gather
 from medinfer.partition.tiled import tracking

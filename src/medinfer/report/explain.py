@@ -15,8 +15,8 @@ from pathlib import Path
 
 import jinja2
 
-from medinfer.apps.explain import INDEX_CACHE, ClassifierExplainer, FalsePositive, find_false_positives
-from medinfer.apps.neighbours import training_records
+from medinfer.report.explainer import INDEX_CACHE, ClassifierExplainer, FalsePositive, find_false_positives
+from medinfer.report.neighbours import training_records
 from medinfer.artifact import ModelArtifact
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def false_positive_section(art: ModelArtifact, data_dir: str | Path, n: int = 4,
     Args:
         art: a classification artifact.
         data_dir: labeled evaluation folder (``labels.csv``, ``images/``); see
-            :func:`~medinfer.apps.explain.find_false_positives` for which images count.
+            :func:`~medinfer.report.explainer.find_false_positives` for which images count.
         n: false positives shown; k: neighbours per distance.
         train_data: training folder when the artifact's recorded one is not readable.
         cache: ``.npz`` file to cache the training features in.

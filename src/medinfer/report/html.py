@@ -13,6 +13,8 @@ import numpy as np
 from medinfer.artifact import ModelArtifact
 from medinfer.report.tables import metric_keys, columns, ladder_rows
 from medinfer.runtime.bench import BenchmarkResult
+from medinfer.tasks import Example
+from medinfer.variants import REFERENCE
 
 
 def _png_b64(fig) -> str:
@@ -37,7 +39,7 @@ def ladder_chart(bench: BenchmarkResult) -> str:
     import matplotlib.pyplot as plt
 
     names = [v["name"] for v in bench.variants]
-    colors = ["#9aa4b2" if v["name"] == "torch-fp32" or v.get("passed") is None
+    colors = ["#9aa4b2" if v["name"] == REFERENCE or v.get("passed") is None
               else "#2e7d32" if v["passed"] else "#c62828" for v in bench.variants]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     series = [("batch_ms_median", f"batch-{bench.settings['batch']} latency, ms (lower is better)"),
@@ -63,7 +65,7 @@ def ladder_chart(bench: BenchmarkResult) -> str:
 
 def learning_curve(art: ModelArtifact) -> str | None:
     """Validation Dice/IoU and training loss per epoch (base64 PNG), if the artifact has a history."""
-    history = art.spec.training.get("history")
+    history = art.spec.training.validated()
     if not history:
         return None
     import matplotlib
@@ -73,17 +75,19 @@ def learning_curve(art: ModelArtifact) -> str | None:
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     if art.spec.task == "classification":
-        ep = [h["epoch"] for h in history]
-        ax.plot(ep, [h["val_mean_auc"] for h in history], label="validation mean AUC")
-        ax.plot(ep, [h["val_abnormal_auc"] for h in history], label="validation abnormal AUC")
+        ep = [h.epoch for h in history]
+        ax.plot(ep, [h.metrics.get("mean_auc", float("nan")) for h in history], label="validation mean AUC")
+        ax.plot(ep, [h.metrics.get("abnormal_auc", float("nan")) for h in history],
+                label="validation abnormal AUC")
         ax.axhline(0.843, ls="--", c="grey", lw=1, label="seed CheXNet mean AUC 0.843 (112k full-size images)")
     else:  # 3D training validates every few epochs: plot the epochs that have a score
-        scored = [h for h in history if "val_dice" in h]
-        ep = [h["epoch"] for h in scored]
-        ax.plot(ep, [h["val_dice"] for h in scored], label="validation Dice")
-        ax.plot(ep, [h["val_iou"] for h in scored], label="validation IoU")
+        scored = [h for h in history if "dice" in h.metrics]
+        ep = [h.epoch for h in scored]
+        ax.plot(ep, [h.metrics["dice"] for h in scored], label="validation Dice")
+        ax.plot(ep, [h.metrics.get("iou", float("nan")) for h in scored], label="validation IoU")
         if art.spec.architecture == "resunet":
-            ax.plot(ep, [1 - h["train_loss"] for h in scored], label="1 − training Dice loss", alpha=0.6)
+            ax.plot(ep, [1 - h.train_loss if h.train_loss is not None else float("nan") for h in scored],
+                    label="1 − training Dice loss", alpha=0.6)
             ax.axhline(0.8162, ls="--", c="grey", lw=1, label="paper ResUNet Dice 0.8162")
     ax.set_xlabel("epoch")
     ax.set_ylim(0, 1)
@@ -93,53 +97,39 @@ def learning_curve(art: ModelArtifact) -> str | None:
     return out
 
 
-@dataclass
-class OverlaySet:
-    """Base64 PNGs of one validation case and the per-image Dice of each model."""
+@dataclass(frozen=True)
+class ShownExample:
+    """A task's report case with its pictures as base64 PNGs, in display order."""
 
     name: str
-    image: str
-    truth: str
-    fp32: str
-    int8: str
-    dice_fp32: float
-    dice_int8: float
+    pictures: list[tuple[str, str]]
+    scores: dict[str, float]
 
 
-def overlay_sets(raw: list[np.ndarray], names: list[str], truth: np.ndarray, fp32: np.ndarray,
-                 int8: np.ndarray) -> list[OverlaySet]:
-    """Overlays of raw (C, H, W) uint8 images (network size) with their masks (N, H, W)."""
-    from medinfer.io import overlay
-    from medinfer.metrics import dice_iou_per_image
-
-    d32, _ = dice_iou_per_image(fp32, truth)
-    d8, _ = dice_iou_per_image(int8, truth)
-    out = []
-    for i, (im, name) in enumerate(zip(raw, names, strict=True)):
-        rgb = np.ascontiguousarray(np.moveaxis(im, 0, -1)).astype(np.uint8)
-        out.append(OverlaySet(
-            name, _array_b64(rgb), _array_b64(overlay(im, truth[i], color=(0, 200, 0))),
-            _array_b64(overlay(im, fp32[i], color=(30, 120, 255))),
-            _array_b64(overlay(im, int8[i], color=(255, 230, 0))), float(d32[i]), float(d8[i])))
-    return out
+def shown(examples: list[Example]) -> list[ShownExample]:
+    """Encode the pictures of :meth:`medinfer.tasks.Task.examples` for the page."""
+    return [ShownExample(e.name, [(c, _array_b64(p)) for c, p in e.pictures.items()], dict(e.scores))
+            for e in examples]
 
 
-def render_report(bench: BenchmarkResult, art: ModelArtifact, overlays: list[OverlaySet], out: Path,
-                  fp32_name: str, int8_name: str, max_drop: float | None = None, extra_html: str = "") -> Path:
-    """Write the self-contained HTML report to ``out``."""
+def render_report(bench: BenchmarkResult, art: ModelArtifact, examples: list[Example], out: Path,
+                  primary: str = "", max_drop: float | None = None, extra_html: str = "") -> Path:
+    """Write the self-contained HTML report to ``out``: tables, ladder chart, learning curve,
+    the task's example cases (``primary`` names their per-case score) and ``extra_html``."""
     env = jinja2.Environment(loader=jinja2.PackageLoader("medinfer.report", "templates"),
                              autoescape=jinja2.select_autoescape(["html"]))
-    ref = next((v for v in bench.variants if v["name"] == "torch-fp32"), bench.variants[0])
+    ref = next((v for v in bench.variants if v["name"] == REFERENCE), bench.variants[0])
     t = art.spec.training
     scores = ", ".join(f"{k} {v:.4f}" for k, v in art.spec.metrics.items() if k != "n")
-    note = (f"{t.get('epochs_run', '?')} epochs in {float(t.get('seconds', 0)) / 60:.1f} min; best epoch "
-            f"{t.get('best_epoch', '?')}: validation {scores} on {t.get('n_val', '?')} held-out cases. "
-            f"Command: {t.get('command', '')}")
-    opt = t.get("optimize") or {}
+    note = (f"{t.epochs_run or '?'} epochs in {(t.seconds or 0) / 60:.1f} min; best epoch "
+            f"{t.best_epoch or '?'}: validation {scores} on {t.n_val or '?'} held-out cases. "
+            f"Command: {t.command}")
+    opt = t.optimize
     html = env.get_template("report.html").render(
         title=art.root.name, bench=bench, ref=ref, columns=columns(bench), keys=metric_keys(bench), rows=ladder_rows(bench),
         ladder_png=ladder_chart(bench), curve_png=learning_curve(art), training_note=note,
-        overlays=overlays, fp32_name=fp32_name, int8_name=int8_name, extra_html=extra_html,
+        examples=shown(examples), primary=primary, reference=REFERENCE, nan=float("nan"),
+        extra_html=extra_html,
         max_drop=max_drop if max_drop is not None else opt.get("max_drop", "?"),
         input_size="×".join(str(s) for s in art.spec.input.spatial))
     out.parent.mkdir(parents=True, exist_ok=True)

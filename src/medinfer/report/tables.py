@@ -4,24 +4,33 @@ from __future__ import annotations
 
 from rich.table import Table
 
+from medinfer.artifact import ModelArtifact
+from medinfer.errors import MedinferError
 from medinfer.runtime.bench import BenchmarkResult
+from medinfer.tasks import task_for
+from medinfer.variants import REFERENCE
 
-COLUMNS = ("variant", "Dice", "IoU", "gate", "batch-16 ms (p95)", "vs torch", "1-image ms (p95)",
-           "img/s in flight", "peak RSS MB", "vs torch", "size MB", "float ops left")
-# Metric columns per task: (metrics key, header).
-_METRICS = {"dice": (("dice", "Dice"), ("iou", "IoU")), "mean_auc": (("mean_auc", "mean AUC"),
-                                                                    ("abnormal_auc", "abnormal AUC"))}
+SPEED_COLUMNS = ("gate", "batch-16 ms (p95)", "vs torch", "1-image ms (p95)", "img/s in flight",
+                 "peak RSS MB", "vs torch", "size MB", "float ops left")
 
 
 def metric_keys(result: BenchmarkResult) -> tuple[tuple[str, str], ...]:
-    keys = {k for v in result.variants for k in (v.get("metrics") or {})}
-    return _METRICS["mean_auc"] if "mean_auc" in keys else _METRICS["dice"]
+    """The task's (metrics key, header) columns recorded in the result; for results written
+    before they were recorded, the columns of the result's artifact's task, else the first two
+    metrics the variants carry (``n`` aside)."""
+    if result.metric_columns:
+        return tuple((str(k), str(h)) for k, h in result.metric_columns)
+    try:
+        return task_for(ModelArtifact.load(result.artifact)).columns
+    except MedinferError:
+        pass
+    keys = [k for v in result.variants for k in (v.get("metrics") or {}) if k != "n" and "/" not in k]
+    return tuple((k, k) for k in list(dict.fromkeys(keys))[:2])
 
 
 def columns(result: BenchmarkResult) -> tuple[str, ...]:
-    """:data:`COLUMNS` with the task's own metric headers."""
-    (_, a), (_, b) = metric_keys(result)
-    return (COLUMNS[0], a, b, *COLUMNS[3:])
+    """Column headers: variant, the task's metrics, then speed and memory."""
+    return ("variant", *(h for _, h in metric_keys(result)), *SPEED_COLUMNS)
 
 
 def _float_ops(row: dict) -> str:
@@ -32,17 +41,17 @@ def _float_ops(row: dict) -> str:
 
 
 def ladder_rows(result: BenchmarkResult) -> list[list[str]]:
-    """Formatted cells, speed-up and memory ratios relative to the torch-fp32 row."""
-    ref = next((v for v in result.variants if v["name"] == "torch-fp32"), result.variants[0])
+    """Formatted cells, speed-up and memory ratios relative to the reference row."""
+    ref = next((v for v in result.variants if v["name"] == REFERENCE), result.variants[0])
     rows = []
-    (k1, _), (k2, _) = metric_keys(result)
+    keys = [k for k, _ in metric_keys(result)]
     for v in result.variants:
         m = v.get("metrics", {})
-        gate = "ref" if v["name"] == "torch-fp32" else {True: "pass", False: "REJECT", None: "—"}[v.get("passed")]
+        gate = "ref" if v["name"] == REFERENCE else {True: "pass", False: "REJECT", None: "—"}[v.get("passed")]
         if v["name"] == result.chosen:
             gate += " ★"
         rows.append([
-            v["name"], f"{m.get(k1, float('nan')):.4f}", f"{m.get(k2, float('nan')):.4f}", gate,
+            v["name"], *(f"{float(m.get(k, float('nan'))):.4f}" for k in keys), gate,
             f"{v['batch_ms_median']:.1f} ({v['batch_ms_p95']:.1f})",
             f"{ref['batch_ms_median'] / v['batch_ms_median']:.2f}×",
             f"{v['single_ms_median']:.2f} ({v['single_ms_p95']:.2f})",
@@ -68,6 +77,21 @@ def ladder_table(result: BenchmarkResult) -> Table:
         table.add_column(c, justify="left" if c in ("variant", "gate", "float ops left") else "right")
     for r in ladder_rows(result):
         table.add_row(*r)
+    return table
+
+
+def variants_table(records, chosen: str | None, metric_columns: tuple[tuple[str, str], ...]) -> Table:
+    """What ``medinfer optimize`` built: each variant's task metrics, gate verdict, quick
+    latency, size and (accuracy-controlled INT8) the layers left in FP32."""
+    table = Table(title=f"variants ({metric_columns[0][1]} gate vs {REFERENCE})")
+    for c in ("variant", *(h for _, h in metric_columns), "gate", "latency ms", "size MB", "FP32 layers"):
+        table.add_column(c)
+    for r in records:
+        gate = "pass" if r.passed else f"REJECT: {r.reason}"
+        table.add_row(r.name + (" ★" if r.name == chosen else ""),
+                      *(f"{r.metrics.get(k, float('nan')):.4f}" for k, _ in metric_columns), gate,
+                      f"{r.latency_ms:.1f}", f"{r.size_mb:.1f}",
+                      str(len(r.float_layers)) if r.float_layers else "")
     return table
 
 

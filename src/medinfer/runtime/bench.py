@@ -15,10 +15,14 @@ from pathlib import Path
 
 from medinfer.artifact import ModelArtifact
 from medinfer.errors import MedinferError
+from medinfer.runtime.loader import variant_by_name
 from medinfer.runtime.measure import MeasureSettings
+from medinfer.variants import REFERENCE, kinds
 
-DEFAULT_VARIANTS = ("torch-fp32", "onnxruntime-fp32", "openvino-fp32", "onnxruntime-int8",
-                    "onnxruntime-int8-dynamic", "openvino-int8")
+DEFAULT_VARIANTS = tuple(k.name for k in sorted(
+    (k for k in kinds(optimized=True) if not k.needs_tuning_data), key=lambda k: k.is_int8))
+"""The post-training ladder, floating point first: every variant ``medinfer optimize`` builds
+without tuning data."""
 _PACKAGES = ("torch", "onnxruntime", "openvino", "nncf", "monai", "numpy", "onnx")
 
 
@@ -34,6 +38,8 @@ class BenchmarkResult:
     settings: dict[str, int]
     variants: list[dict[str, object]] = field(default_factory=list)
     chosen: str | None = None
+    metric_columns: list[tuple[str, str]] = field(default_factory=list)
+    """(metrics key, header) the task reports, primary first (from the artifact's task)."""
 
     def row(self, name: str) -> dict[str, object]:
         return next(v for v in self.variants if v["name"] == name)
@@ -119,25 +125,26 @@ def _merge_rounds(rounds: list[dict[str, object]]) -> dict[str, object]:
 
 def run_bench(art: ModelArtifact, variants: Sequence[str] = DEFAULT_VARIANTS,
               settings: MeasureSettings = MeasureSettings(), command: str = "",
-              on_variant: Callable[[str], None] = lambda name: None, rounds: int = 1) -> BenchmarkResult:
+              on_variant: Callable[[str], None] = lambda name: None, rounds: int = 1,
+              metric_columns: Sequence[tuple[str, str]] = ()) -> BenchmarkResult:
     """Measure ``variants`` of ``art``, each in a fresh process, ``rounds`` times interleaved.
 
     Interleaving (all variants, then all again) spreads slow drifts of a shared machine's
     load over every variant instead of penalising whichever ran during the slow spell;
     each statistic is then the median over rounds. Rows also carry the variant's
     validation metrics and gate verdict from the artifact, its size on disk and which
-    operators stayed in floating point.
+    operators stayed in floating point. ``metric_columns`` (the task's) are recorded so a
+    report of the JSON shows the task's own metrics.
     """
-    from medinfer.optimize.pipeline import variant_files
-
     built = {v.name: v for v in art.spec.variants}
-    missing = [n for n in variants if n != "torch-fp32" and n not in built]
+    missing = [n for n in variants if n != REFERENCE and n not in built]
     if missing:
         raise MedinferError(f"{art.root}: variants not built: {', '.join(missing)}; run `medinfer optimize`")
     result = BenchmarkResult(
         artifact=str(art.root), date=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         command=command, machine=machine_info(), versions=versions(),
-        settings={**asdict(settings), "rounds": rounds}, chosen=art.spec.chosen)
+        settings={**asdict(settings), "rounds": rounds}, chosen=art.spec.chosen,
+        metric_columns=[tuple(c) for c in metric_columns])
     per_variant: dict[str, list[dict[str, object]]] = {n: [] for n in variants}
     for r in range(rounds):
         for name in variants:
@@ -146,8 +153,7 @@ def run_bench(art: ModelArtifact, variants: Sequence[str] = DEFAULT_VARIANTS,
     for name in variants:
         row = _merge_rounds(per_variant[name])
         rec = built.get(name)
-        rel = rec.path if rec else ""
-        row["size_mb"] = sum(f.stat().st_size for f in variant_files(art, rel)) / 2**20
+        row["size_mb"] = art.variant_size_mb(variant_by_name(art, name))
         row["metrics"] = dict(rec.metrics) if rec else dict(art.spec.metrics)
         row["passed"] = rec.passed if rec else None
         row["ops"] = rec.ops if rec else {}

@@ -15,10 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from medinfer.errors import BackendUnavailableError
+from typing import TYPE_CHECKING
 
-BACKENDS = ("torch", "onnxruntime", "openvino")
-PRECISIONS = ("fp32", "int8", "int8-dynamic", "int8-ac", "bf16")
+from medinfer.errors import BackendUnavailableError
+from medinfer.variants import BACKENDS, LABELS
+
+if TYPE_CHECKING:
+    from medinfer.artifact import ModelArtifact, VariantRecord
+
+PRECISIONS = LABELS
 DEVICES = ("cpu", "cuda")
 
 
@@ -63,6 +68,15 @@ class Engine(abc.ABC):
         self.path = path
         self.precision = precision
         self.options = options
+
+    @classmethod
+    def load(cls, art: ModelArtifact, variant: VariantRecord, options: EngineOptions) -> Engine:
+        """Build the engine for ``variant`` of ``art``: every backend is built through this.
+
+        File-based backends read ``art.root / variant.path``; torch overrides it to load the
+        artifact's network.
+        """
+        return cls(art.root / variant.path, variant.precision, options)
 
     @abc.abstractmethod
     def infer(self, batch: np.ndarray) -> np.ndarray:

@@ -17,10 +17,15 @@ from medinfer.runtime.engine import Engine, EngineOptions, register_engine
 class TorchEngine(Engine):
     """Eager PyTorch: FP32 (the reference) or bf16 autocast, on the CPU or a CUDA device.
 
-    ``path`` is unused: the module is passed in by the loader.
+    ``path`` is unused: the module is given (training validates a network in memory) or
+    loaded from the artifact by :meth:`load`.
     """
 
     backend = "torch"
+
+    @classmethod
+    def load(cls, art, variant, options: EngineOptions) -> TorchEngine:
+        return cls(art.load_network(), variant.precision, options)
 
     def __init__(self, net: torch.nn.Module, precision: str, options: EngineOptions,
                  path: Path = Path("")) -> None:

@@ -35,12 +35,16 @@ log = logging.getLogger(__name__)
 
 
 class PredictorLike(Protocol):
+    """What a worker needs of a model: :class:`medinfer.tasks.Predictor`'s predict and write."""
+
     def predict(self, image: Any) -> Any: ...
+
+    def write(self, pred: Any, image: Any, out_dir: Path, options: Any) -> list[Any]: ...
 
 
 def open_predictor(artifact: str) -> PredictorLike:
-    """The real model: :class:`medinfer.apps.predictor.Predictor` on the chosen variant."""
-    from medinfer.apps.predictor import Predictor
+    """The real model: :class:`medinfer.tasks.Predictor` on the chosen variant."""
+    from medinfer.tasks import Predictor
 
     return Predictor.open(artifact)
 
@@ -52,8 +56,8 @@ class Worker:
         config: the service config.
         store: the job store.
         name: lease owner name (host:pid:n by default).
-        predictor_factory: artifact dir -> object with ``predict(Image) -> Prediction``;
-            cached per artifact.
+        predictor_factory: artifact dir -> object with ``predict(Image) -> Prediction`` and
+            ``write(...)`` (a :class:`medinfer.tasks.Predictor`); cached per artifact.
     """
 
     def __init__(self, config: ServeConfig, store: Store, name: str | None = None,
@@ -127,48 +131,49 @@ class Worker:
                 return
 
     def process(self, job: LeasedJob) -> tuple[list[ResultFile], dict[str, float], dict]:
-        """Run the model on the job's series and write its result files."""
+        """Run the model on the job's series and write its result files (the task writes
+        them: DICOM SEG / SR + Secondary Capture for DICOM input, masks or pictures otherwise,
+        and the JSON summary)."""
+        from medinfer.tasks import WriteOptions
+
         t0 = time.perf_counter()
-        image, sources = read_job_input(job)
+        image = read_job_input(job)
         t1 = time.perf_counter()
-        pred = self.predictor(job.artifact).predict(image)
+        predictor = self.predictor(job.artifact)
+        pred = predictor.predict(image)
         t2 = time.perf_counter()
         out = self.config.storage / "results" / str(job.id) / job.token
-        results = write_results(pred, image, sources, out, job,
-                                labelmap=self.config.seg_type == "labelmap")
+        options = WriteOptions(labelmap=self.config.seg_type == "labelmap", summary={
+            "job": job.id, "series_uid_hash": hash_uid(job.series_uid), "route": job.route})
+        written = predictor.write(pred, image, out, options)
         t3 = time.perf_counter()
         seconds = {"read": t1 - t0, "predict": t2 - t1, "write": t3 - t2}
         seconds.update({f"model_{k}": v for k, v in getattr(pred, "seconds", {}).items()})
+        results = [ResultFile(f.kind, str(f.path), f.media_type, f.uid) for f in written]
         return results, {k: round(v, 4) for k, v in seconds.items()}, summarize(pred)
 
 
-def read_job_input(job: LeasedJob) -> tuple[Any, list[Any]]:
-    """The job's series as an :class:`~medinfer.io.Image` plus its sorted source datasets.
+def read_job_input(job: LeasedJob) -> Any:
+    """The job's input as an :class:`~medinfer.io.Image`; a DICOM series carries its source
+    instances in array order (:attr:`~medinfer.io.Image.instances`).
 
     Raises:
         InputError: unreadable files or inconsistent geometry (named by the reader).
     """
     from medinfer.io import read_dicom_series, read_image
-    from medinfer.io.dicom import load_dataset, num_frames
-    from medinfer.io.series import read_dicom_file
-    from medinfer.serve.results import sort_series
 
     paths = [Path(p) for p, _ in job.files]
     formats = {f for _, f in job.files}
     if not paths:
         raise InputError(Path("."), f"job {job.id} has no input files")
-    if formats != {"dicom"}:
-        return read_image(paths[0]), []
-    datasets = [load_dataset(p) for p in paths]
-    if len(paths) == 1 and num_frames(datasets[0]) <= 1:
-        image = read_dicom_file(paths[0])
-    else:
-        image = read_dicom_series(paths)
-    return image, sort_series(datasets)
+    if formats != {"dicom"} or len(paths) == 1:
+        return read_image(paths[0])
+    return read_dicom_series(paths)
 
 
 def summarize(pred: Any) -> dict[str, object]:
-    """Small JSON summary of a prediction: voxels per segment, or findings above threshold."""
+    """Small JSON summary of a prediction for the job record: voxels per segment, or the
+    findings above threshold."""
     out: dict[str, object] = {"task": pred.task, "artifact": pred.artifact,
                               "variant": pred.variant}
     if pred.mask is not None:
@@ -179,46 +184,6 @@ def summarize(pred: Any) -> dict[str, object]:
         out["findings"] = sorted(k for k, v in pred.scores.items()
                                  if v >= pred.thresholds.get(k, 0.5))
     return out
-
-
-def write_results(pred: Any, image: Any, sources: list[Any], out: Path, job: LeasedJob,
-                  labelmap: bool = False) -> list[ResultFile]:
-    """Write the DICOM (SEG or SR, plus SC) and picture/JSON results of one prediction."""
-    from medinfer.io import write_mask_nifti, write_mask_png
-    from medinfer.serve import results as R
-
-    files: list[ResultFile] = []
-    name = Path(job.artifact).name
-    mask = np.asarray(pred.mask, np.uint8) if pred.mask is not None else None
-    if mask is not None:
-        picture, k = R.overlay_slice(image.array, mask)
-    else:
-        picture, k = R.overlay_slice(image.array, np.zeros(image.spatial_shape, np.uint8))
-    files.append(ResultFile("overlay", str(R.write_png(picture, out / "overlay.png")), "image/png"))
-    if sources:
-        if mask is not None and any(v > 0 for v in pred.segments):
-            p, uid = R.write_seg(sources, mask, pred.segments, out / "seg.dcm", name, pred.variant,
-                                 labelmap=labelmap)
-            files.append(ResultFile("seg", str(p), "application/dicom", uid))
-        if pred.scores:
-            p, uid = R.write_sr(sources, pred.scores, pred.thresholds, out / "sr.dcm", name,
-                                pred.variant)
-            files.append(ResultFile("sr", str(p), "application/dicom", uid))
-        ref = sources[k] if len(sources) > k else sources[0]
-        p, uid = R.write_sc(ref, picture, out / "sc.dcm", name)
-        files.append(ResultFile("sc", str(p), "application/dicom", uid))
-    elif mask is not None:
-        if mask.ndim == 2:
-            p = write_mask_png(mask > 0, out / "mask.png")
-            files.append(ResultFile("mask", str(p), "image/png"))
-        else:
-            p = write_mask_nifti(mask, out / "mask.nii.gz", reference=image)
-            files.append(ResultFile("mask", str(p), "application/gzip"))
-    payload = {"job": job.id, "series_uid_hash": hash_uid(job.series_uid), "route": job.route,
-               **summarize(pred), "thresholds": dict(pred.thresholds)}
-    files.append(ResultFile("json", str(R.write_json(payload, out / "result.json")),
-                            "application/json"))
-    return files
 
 
 def run_worker(config: ServeConfig, name: str | None = None,

@@ -1,6 +1,12 @@
-"""Training: configuration and the segmentation training loop."""
+"""Training: one loop (:func:`fit`) for every task, per-task recipes, validated configs.
 
-from medinfer.train.config import TrainConfig
-from medinfer.train.loop import TrainResult, predict_masks, train_segmentation
+Run a config with :func:`run_training` (or :func:`fit` with an explicit recipe); read one
+from YAML with :func:`medinfer.train.cli_config.load_config`.
+"""
 
-__all__ = ["TrainConfig", "TrainResult", "predict_masks", "train_segmentation"]
+from medinfer.train.config import AnyTrainConfig, ClassifyConfig, FitConfig, TrainConfig, VolumeTrainConfig
+from medinfer.train.fit import FitResult, fit, run_training, train_segmentation
+from medinfer.train.recipes import RECIPES, Recipe, recipe_for
+
+__all__ = ["RECIPES", "AnyTrainConfig", "ClassifyConfig", "FitConfig", "FitResult", "Recipe", "TrainConfig",
+           "VolumeTrainConfig", "fit", "recipe_for", "run_training", "train_segmentation"]

@@ -1,70 +1,173 @@
-"""Training configuration (validated, passed explicitly)."""
+"""Training configuration: one validated pydantic model per recipe, passed explicitly.
+
+Every config shares :class:`FitConfig` (data, output, network, optimizer, schedule, time
+budget) and adds its recipe's own fields. ``task`` tells them apart when a config is
+read from YAML (see :data:`AnyTrainConfig` and :mod:`medinfer.train.cli_config`); an
+unknown key is an error, so a misspelt setting never silently falls back to its default.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from medinfer.data.spec import Preprocessing
 
 
-class TrainConfig(BaseModel):
-    """Everything a segmentation training run depends on.
+class FitConfig(BaseModel):
+    """Settings every training recipe has.
+
+    Attributes:
+        task: which recipe runs (``segmentation``, ``classification``, ``segmentation3d``).
+        data: the data folder (its layout must match ``task``).
+        out: the artifact folder to write.
+        architecture: a registered network (``medinfer.models.list_models()``).
+        arch_kwargs: architecture arguments over the registry's defaults, e.g. ``channels``.
+        epochs: epochs to train (fewer when ``max_minutes`` runs out).
+        batch_size: samples per optimizer step.
+        lr: initial learning rate.
+        optimizer: ``adam`` or ``adamw`` (decoupled weight decay).
+        weight_decay: L2 (``adam``) or decoupled (``adamw``) weight decay.
+        schedule: ``step`` (times ``lr_gamma`` every ``lr_step`` epochs), ``cosine`` (to 0
+            over ``epochs``) or ``constant``.
+        lr_step: epochs between steps of the ``step`` schedule.
+        lr_gamma: factor of each step of the ``step`` schedule.
+        val_every: validate every this many epochs (and always after the last one).
+        seed: seeds torch, numpy and the augmentation.
+        threads: torch intra-op threads.
+        max_minutes: stop after the first epoch that ends past this wall time (None: no budget).
+        preprocessing: how images become network inputs (stored in the artifact).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task: str
+    data: Path
+    out: Path
+    architecture: str
+    arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    optimizer: Literal["adam", "adamw"] = "adam"
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    lr_step: int = Field(30, ge=1)
+    lr_gamma: float = Field(0.5, gt=0)
+    val_every: int = Field(1, ge=1)
+    seed: int = 0
+    threads: int = Field(2, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    preprocessing: Preprocessing = Preprocessing()
+
+    @field_validator("preprocessing", mode="before")
+    @classmethod
+    def _over_recipe_default(cls, value: Any) -> Any:
+        """A mapping (YAML) changes only the keys it names of the recipe's default preprocessing."""
+        if not isinstance(value, dict):
+            return value
+        # Preprocessing itself ignores unknown keys (artifacts written by other versions
+        # must load); in a training config a misspelt key is a mistake.
+        unknown = sorted(set(value) - set(Preprocessing.model_fields))
+        if unknown:
+            raise ValueError(f"unknown preprocessing key(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(Preprocessing.model_fields)}")
+        default = cls.model_fields["preprocessing"].default
+        return {**default.model_dump(), **value}
+
+
+class TrainConfig(FitConfig):
+    """A 2D binary segmentation run (DQ-ResUNet recipe).
 
     Defaults follow the DQ-ResUNet paper's recipe (Dice loss, Adam, step LR,
     rotation + horizontal flip with p = 0.5, 224x224), except the initial learning
     rate: the paper fine-tunes at 1e-4 for 100 epochs x 5 folds, while a from-scratch
     run on two CPU cores needs a faster start (1e-3 halved every ``lr_step`` epochs).
+
+    Attributes:
+        loss: ``dice`` or ``dicece`` (Dice + binary cross-entropy).
+        val_fraction: fraction of the pairs held out for validation (split by name and seed).
+        augment_prob: probability of each of the random rotation and the horizontal flip.
+        limit: use only the first N pairs by name (tests, quick runs).
     """
 
-    model_config = ConfigDict(frozen=True)
-
-    data: Path
-    out: Path
+    task: Literal["segmentation"] = "segmentation"
     architecture: str = "resunet"
-    arch_kwargs: dict[str, object] = Field(default_factory=dict)
-    epochs: int = 100
-    batch_size: int = 16
-    lr: float = 1e-3
-    lr_step: int = 30
-    lr_gamma: float = 0.5
-    loss: str = "dice"
-    val_fraction: float = 0.2
-    seed: int = 0
-    augment_prob: float = 0.5
-    threads: int = 2
-    max_minutes: float | None = None
-    limit: int | None = None
-    preprocessing: Preprocessing = Preprocessing()
+    loss: Literal["dice", "dicece"] = "dice"
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    augment_prob: float = Field(0.5, ge=0, le=1)
+    limit: int | None = Field(None, ge=1)
 
 
-class ClassifyConfig(BaseModel):
-    """Everything a multi-label classification training run depends on.
+class ClassifyConfig(FitConfig):
+    """A multi-label classification run (CheXNet recipe).
 
     The recipe follows CheXNet (DenseNet-121, binary cross-entropy per finding, Adam),
     trained from scratch (no downloaded weights): cosine learning-rate decay, small random
     affine augmentation, a patient-level split into train / validation (best epoch) / test
     (never seen in training; the artifact records which patients went where).
+
+    Attributes:
+        classes: the findings to learn, in output order (empty: the 14 NIH findings).
+        pos_weight_max: cap of the per-class positive weight (negatives / positives).
+        split: train / validation / test fractions of the images, split by patient.
+        augment_prob: probability of the random affine transform per image.
+        limit: use only the first N images by name (tests, quick runs).
     """
 
-    model_config = ConfigDict(frozen=True)
-
-    data: Path
-    out: Path
+    task: Literal["classification"] = "classification"
     architecture: str = "densenet121"
-    arch_kwargs: dict[str, object] = Field(default_factory=dict)
     classes: tuple[str, ...] = ()
-    epochs: int = 40
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    pos_weight_max: float = 10.0
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(32, ge=1)
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["step", "cosine", "constant"] = "cosine"
+    pos_weight_max: float = Field(10.0, ge=1)
     split: tuple[float, float, float] = (0.6, 0.15, 0.25)
-    seed: int = 0
-    augment_prob: float = 0.5
-    threads: int = 2
-    max_minutes: float | None = None
-    limit: int | None = None
+    augment_prob: float = Field(0.5, ge=0, le=1)
+    limit: int | None = Field(None, ge=1)
     preprocessing: Preprocessing = Preprocessing(
         size=(128, 128), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+
+    @field_validator("split")
+    @classmethod
+    def _fractions(cls, value: tuple[float, float, float]) -> tuple[float, float, float]:
+        if abs(sum(value) - 1.0) > 1e-6 or min(value) < 0:
+            raise ValueError(f"split fractions must be >= 0 and sum to 1, got {list(value)}")
+        return value
+
+
+class VolumeTrainConfig(FitConfig):
+    """A 3D segmentation run: random windows from whole volumes, Dice + CE.
+
+    Validation runs the whole held-out volumes through the same sliding window the
+    deployed model uses, so the recorded Dice is the deployment Dice.
+
+    Attributes:
+        val_prefixes: volumes whose names start with one of these are held out (by patient).
+        segment: name of the label-1 segment (stored in the artifact).
+        windows_per_volume: training windows per training volume and epoch.
+        foreground_prob: probability that a window is centred on a foreground voxel.
+    """
+
+    task: Literal["segmentation3d"] = "segmentation3d"
+    architecture: str = "unet3d"
+    val_prefixes: tuple[str, ...] = ("PGBM-001",)
+    segment: str = "tumour"
+    epochs: int = Field(60, ge=1)
+    windows_per_volume: int = Field(32, ge=1)
+    batch_size: int = Field(4, ge=1)
+    foreground_prob: float = Field(0.8, ge=0, le=1)
+    schedule: Literal["step", "cosine", "constant"] = "cosine"
+    val_every: int = Field(3, ge=1)
+    preprocessing: Preprocessing = Preprocessing(
+        size=(64, 64, 16), scale=1.0, mean=(0.0,), std=(1.0,), channels=1, intensity="zscore", overlap=0.25)
+
+
+AnyTrainConfig = Annotated[TrainConfig | ClassifyConfig | VolumeTrainConfig, Field(discriminator="task")]
+"""Any recipe's config, told apart by ``task`` (validate with a ``pydantic.TypeAdapter``)."""
+
+TASKS = ("segmentation", "classification", "segmentation3d")

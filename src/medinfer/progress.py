@@ -1,4 +1,4 @@
-"""A rich progress bar that can be switched off (tests, worker ranks)."""
+"""Rich progress bars for long-running commands (one home for every stage's bars)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,23 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
+def status_progress() -> Progress:
+    """A progress display with a free-text ``status`` field per task (epochs, losses, files).
+
+    Example::
+
+        with status_progress() as bar:
+            t = bar.add_task("epochs", total=10, status="")
+            bar.update(t, advance=1, status="loss 0.31")
+    """
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("{task.fields[status]}"))
+
+
 @contextlib.contextmanager
 def progress_bar(label: str, total: int, enabled: bool) -> Iterator[Callable[[], None]]:
-    """Yield an ``advance()`` callable; draws a bar on stderr when ``enabled``."""
+    """Yield an ``advance()`` callable; draws a bar on stderr when ``enabled`` (off in tests
+    and worker ranks)."""
     if not enabled:
         yield lambda: None
         return

@@ -21,6 +21,7 @@ from torch import nn
 from medinfer.artifact import ModelArtifact
 from medinfer.data.labels import LabeledImage, load_labeled, read_labels
 from medinfer.errors import InputError
+from medinfer.progress import status_progress
 from medinfer.metrics.distance import (
     DISTANCES,
     cosine,
@@ -137,7 +138,7 @@ class FeatureIndex:
 
 def recorded_data(art: ModelArtifact) -> Path | None:
     """The folder the artifact was trained on, if recorded and readable from here."""
-    recorded = art.spec.training.get("data")
+    recorded = art.spec.training.data
     if not recorded:
         return None
     path = Path(str(recorded))
@@ -161,11 +162,11 @@ def training_records(art: ModelArtifact, train_data: str | Path | None = None) -
     if train_data is not None:
         return read_labels(train_data, classes), f"{train_data} (all images)"
     data = recorded_data(art)
-    split = art.spec.training.get("split_patients")
-    if data is None or not isinstance(split, dict) or "train" not in split:
+    split = art.spec.training.split
+    if data is None or split is None or split.unit != "patient":
         raise InputError(art.root, "the artifact records no readable training data folder and "
                                    "patient split; pass the training images with --train-data DIR")
-    train = {str(p) for p in split["train"]}
+    train = set(split.train)
     records = [r for r in read_labels(data, classes) if r.patient in train]
     if not records:
         raise InputError(data, "none of the artifact's training patients are in this folder")
@@ -181,7 +182,6 @@ def _key(art: ModelArtifact, source: str) -> str:
 def build_index(art: ModelArtifact, net: nn.Module, train_data: str | Path | None = None,
                 cache: Path | None = None) -> FeatureIndex:
     """Feature index of the artifact's training images (cached in ``cache`` when given)."""
-    from medinfer.train.loop import _progress
 
     records, source = training_records(art, train_data)
     key = _key(art, source)
@@ -189,7 +189,7 @@ def build_index(art: ModelArtifact, net: nn.Module, train_data: str | Path | Non
         log.info("training features: %d images from cache %s", len(hit.names), cache)
         return hit
     spec = art.spec.preprocessing
-    with _progress() as bar:
+    with status_progress() as bar:
         task = bar.add_task("training features", total=2 * len(records), status="")
         data = load_labeled(records, spec, art.spec.classes, lambda k: bar.advance(task, k))
         feats = penultimate_features(net, data.images, progress=lambda k: bar.advance(task, k))

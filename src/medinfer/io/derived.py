@@ -1,11 +1,10 @@
-"""Result objects for PACS and viewers: DICOM SEG, Comprehensive SR, Secondary Capture, JSON.
+"""Derived DICOM objects for PACS and viewers: DICOM SEG, Comprehensive SR, Secondary
+Capture (with highdicom, imported on first use), plus the PNG and JSON beside them.
 
-All DICOM results are built with highdicom from the source instances, so they
-carry the source's patient/study module and reference the source series.
-The mask from :class:`~medinfer.apps.predictor.Prediction` has the series'
-array layout ``(rows, cols, slices)`` with slices sorted along the slice normal
-exactly as :func:`medinfer.io.read_dicom_series` sorts them; :func:`sort_series`
-reproduces that order for the source datasets.
+All DICOM results are built from the source instances, so they carry the source's
+patient/study module and reference the source series. A mask has the series' array
+layout ``(rows, cols, slices)``; the source instances come from the reader in the same
+order (:attr:`medinfer.io.Image.instances`), so frame ``k`` of a SEG lies on slice ``k``.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 __all__ = [
+    "fill_type2",
     "overlay_slice",
-    "sort_series",
     "write_json",
     "write_png",
     "write_sc",
@@ -44,31 +43,14 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDa
           "StudyTime", "ReferringPhysicianName", "AccessionNumber", "StudyID")
 
 
-def sort_series(datasets: Sequence[Dataset]) -> list[Dataset]:
-    """Source instances in the slice order of :func:`medinfer.io.read_dicom_series`.
-
-    Sorted by position along the slice normal (row cosine x column cosine), or by
-    InstanceNumber when a slice lacks geometry. Missing Type 2 patient/study attributes
-    are added empty (in place), as derived objects must carry them.
-    """
+def fill_type2(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Add missing Type 2 patient/study attributes (empty, in place): derived objects
+    must carry them. Returns the datasets, in the order given."""
     for ds in datasets:
         for keyword in _TYPE2:
             if keyword not in ds:
                 setattr(ds, keyword, "")
-    def geometry(ds: Dataset) -> tuple[np.ndarray, np.ndarray] | None:
-        iop, ipp = ds.get("ImageOrientationPatient"), ds.get("ImagePositionPatient")
-        if iop is None or ipp is None:
-            return None
-        return np.asarray(iop, float), np.asarray(ipp, float)
-
-    geo = [geometry(ds) for ds in datasets]
-    if all(g is not None for g in geo) and len(datasets) > 1:
-        iop = geo[0][0]  # type: ignore[index]
-        normal = np.cross(iop[:3], iop[3:])
-        dist = [float(g[1] @ normal) for g in geo]  # type: ignore[index]
-        order = np.argsort(dist, kind="stable")
-        return [datasets[i] for i in order]
-    return sorted(datasets, key=lambda ds: int(ds.get("InstanceNumber", 0) or 0))
+    return list(datasets)
 
 
 def _frames(mask: np.ndarray, n_sources: int) -> np.ndarray:
@@ -86,7 +68,7 @@ def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, 
     """Write a DICOM SEG with one segment per label value.
 
     Args:
-        sources: the source instances, sorted with :func:`sort_series`.
+        sources: the source instances in array order (:attr:`medinfer.io.Image.instances`).
         mask: ``(rows, cols)`` or ``(rows, cols, slices)`` uint8 label map (0 = background).
         segments: label value -> segment label, e.g. ``{1: "tumour"}``.
         out: file to write.
@@ -121,7 +103,7 @@ def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, 
     pixels = lut[_frames(np.asarray(mask, np.uint8), len(sources))]
     uid = hd.UID()
     seg = hd.seg.Segmentation(
-        source_images=list(sources), pixel_array=pixels,
+        source_images=fill_type2(sources), pixel_array=pixels,
         segmentation_type=(hd.seg.SegmentationTypeValues.LABELMAP if labelmap
                            else hd.seg.SegmentationTypeValues.BINARY),
         segment_descriptions=descriptions, series_instance_uid=hd.UID(),
@@ -151,9 +133,12 @@ def overlay_slice(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]
         area = (mask > 0).sum(axis=(0, 1))
         k = int(np.argmax(area)) if area.any() else mask.shape[-1] // 2
         image, mask = image[..., k], mask[..., k]
-    img = np.asarray(image, np.float32)
-    lo, hi = np.percentile(img, (1, 99.5))
-    pic = ((img - lo) / max(hi - lo, 1e-6) * 255).clip(0, 255).astype(np.uint8)
+    if image.dtype == np.uint8:  # 8-bit pictures (endoscopy, X-ray PNG) are shown as they are
+        pic = np.asarray(image)
+    else:  # CT/MR intensities: window the slice to its 1st..99.5th percentile
+        img = np.asarray(image, np.float32)
+        lo, hi = np.percentile(img, (1, 99.5))
+        pic = ((img - lo) / max(hi - lo, 1e-6) * 255).clip(0, 255).astype(np.uint8)
     labels = [int(v) for v in np.unique(mask) if v > 0]
     if not labels:
         return overlay(pic, np.zeros(mask.shape, bool), alpha=0.0, contour=False), k
@@ -170,7 +155,7 @@ def write_sc(source: Dataset, picture: np.ndarray, out: Path, algorithm: str,
     uid = hd.UID()
     spacing = source.get("PixelSpacing")
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=source, pixel_array=np.ascontiguousarray(picture),
+        ref_dataset=fill_type2([source])[0], pixel_array=np.ascontiguousarray(picture),
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB, bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT, series_instance_uid=hd.UID(),
         series_number=series_number, sop_instance_uid=uid, instance_number=1,
@@ -232,7 +217,7 @@ def write_sr(sources: Sequence[Dataset], scores: dict[str, float], thresholds: d
         imaging_measurements=groups)
     uid = hd.UID()
     sr = hd.sr.ComprehensiveSR(
-        evidence=list(sources), content=report, series_instance_uid=hd.UID(),
+        evidence=fill_type2(sources), content=report, series_instance_uid=hd.UID(),
         series_number=series_number, sop_instance_uid=uid, instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True,
         series_description=f"medinfer findings {algorithm}"[:64])

@@ -1,0 +1,264 @@
+"""Training recipes: the per-task pieces :func:`medinfer.train.fit.fit` plugs into its one loop.
+
+A recipe says how to split a data folder and load each part, how to draw one epoch of
+training batches, which loss to minimize, what the artifact records about the task, and
+what else to keep when an epoch is the best so far. Validation is not a recipe's job:
+the loop scores every task through :mod:`medinfer.tasks`, exactly as ``medinfer
+evaluate`` does.
+
+* :class:`SegmentationRecipe` (2D, DQ-ResUNet): pairs split by name, paper augmentation
+  (rotation + horizontal flip), Dice or Dice + CE loss.
+* :class:`ClassificationRecipe` (CheXNet): patient-level train / validation / test split,
+  small random affine, BCE with capped positive weights, Youden thresholds at the best epoch.
+* :class:`VolumeRecipe` (3D): held-out volumes by name prefix, random foreground-biased
+  windows, Dice + CE loss.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+import torch
+
+from medinfer.artifact import DataSplit, ModelArtifact
+from medinfer.errors import InputError
+from medinfer.runtime import Engine
+from medinfer.train.config import ClassifyConfig, FitConfig, TrainConfig, VolumeTrainConfig
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+"""One training batch: network input (B, C, *spatial) and target, float32 tensors."""
+Sampler = Callable[[np.random.Generator], Iterator[Batch]]
+"""Draws one epoch of training batches (its own augmentation state persists across epochs)."""
+Progress = Callable[[int], None] | None
+
+C = TypeVar("C", bound=FitConfig)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A data folder cut into parts: ``train``/``val``/``test`` items (pairs, records or
+    volume pairs, whatever the recipe's :meth:`Recipe.load` reads) and what the artifact records."""
+
+    train: list[Any]
+    val: list[Any]
+    test: list[Any]
+    record: DataSplit
+
+
+class Recipe(ABC, Generic[C]):
+    """The per-task pieces of a training run (stateless: settings come in ``cfg``)."""
+
+    task: str
+    """Name of the config ``task`` this recipe runs."""
+    unit: str = "images"
+    """What the per-epoch progress bar counts."""
+
+    @abstractmethod
+    def split(self, cfg: C) -> Split:
+        """Find the data in ``cfg.data`` and split it (deterministic for ``cfg.seed``)."""
+
+    @abstractmethod
+    def load(self, cfg: C, items: list[Any], progress: Progress = None) -> Any:
+        """Read and prepare ``items`` as the data layer does (what :mod:`medinfer.tasks` scores)."""
+
+    @abstractmethod
+    def loss(self, cfg: C, train: Any) -> torch.nn.Module:
+        """The training loss ``loss(logits, target) -> scalar``."""
+
+    @abstractmethod
+    def sampler(self, cfg: C, train: Any) -> Sampler:
+        """The epoch batch generator (augmentation seeded with ``cfg.seed``)."""
+
+    def epoch_samples(self, cfg: C, train: Any) -> int:
+        """Samples one epoch draws (the progress bar's total)."""
+        return len(train)
+
+    def out_channels(self, cfg: C) -> int:
+        """Network outputs (1: one binary mask's logit)."""
+        return 1
+
+    def spec_fields(self, cfg: C) -> dict[str, Any]:
+        """Task fields of the :class:`~medinfer.artifact.ArtifactSpec` (task, classes, segments)."""
+        return {"task": "segmentation"}
+
+    def on_best(self, cfg: C, art: ModelArtifact, engine: Engine, val: Any) -> None:
+        """Keep what else belongs to a new best epoch (the loop has saved the weights)."""
+
+
+def _batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
+    """Index batches of one shuffled pass; batches of one are skipped (batch norm needs two)."""
+    order = rng.permutation(n)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        if len(idx) >= 2:
+            yield idx
+
+
+class SegmentationRecipe(Recipe[TrainConfig]):
+    """2D binary segmentation on a Kvasir-layout folder (``images/``, ``masks/``)."""
+
+    task = "segmentation"
+
+    def split(self, cfg: TrainConfig) -> Split:
+        from medinfer.data.pairs import find_pairs, split_pairs
+
+        pairs = find_pairs(cfg.data)
+        if cfg.limit:
+            pairs = sorted(pairs, key=lambda p: p.name)[: cfg.limit]
+        train, val = split_pairs(pairs, cfg.val_fraction, cfg.seed)
+        return Split(train, val, [], DataSplit(unit="case", train=[p.name for p in train],
+                                               val=[p.name for p in val]))
+
+    def load(self, cfg: TrainConfig, items: list[Any], progress: Progress = None) -> Any:
+        from medinfer.data.pairs import load_pairs
+
+        return load_pairs(items, cfg.preprocessing, progress)
+
+    def loss(self, cfg: TrainConfig, train: Any) -> torch.nn.Module:
+        from monai.losses import DiceCELoss, DiceLoss
+
+        return DiceLoss(sigmoid=True) if cfg.loss == "dice" else DiceCELoss(sigmoid=True)
+
+    def sampler(self, cfg: TrainConfig, train: Any) -> Sampler:
+        from medinfer.data.augment import augment_batch, paper_augmentation
+
+        aug = paper_augmentation(cfg.augment_prob, seed=cfg.seed)
+
+        def draw(rng: np.random.Generator) -> Iterator[Batch]:
+            for idx in _batches(len(train), cfg.batch_size, rng):
+                yield augment_batch(aug, train.images[idx], train.masks[idx])
+
+        return draw
+
+
+class ClassificationRecipe(Recipe[ClassifyConfig]):
+    """Multi-label classification on a labeled folder (``labels.csv``, ``images/``)."""
+
+    task = "classification"
+
+    @staticmethod
+    def classes(cfg: ClassifyConfig) -> tuple[str, ...]:
+        """The configured classes, or the 14 NIH findings."""
+        from medinfer.data.labels import NIH_FINDINGS
+
+        return tuple(cfg.classes or NIH_FINDINGS)
+
+    def split(self, cfg: ClassifyConfig) -> Split:
+        from medinfer.data.labels import read_labels, split_by_patient
+        from medinfer.train.classify import int_or_str
+
+        records = read_labels(cfg.data, self.classes(cfg))
+        if cfg.limit:
+            records = sorted(records, key=lambda r: r.name)[: cfg.limit]
+        train, val, test = split_by_patient(records, cfg.split, cfg.seed)
+        patients = [sorted({r.patient for r in part}, key=int_or_str) for part in (train, val, test)]
+        return Split(train, val, test, DataSplit(unit="patient", train=patients[0], val=patients[1],
+                                                 test=patients[2]))
+
+    def load(self, cfg: ClassifyConfig, items: list[Any], progress: Progress = None) -> Any:
+        from medinfer.data.labels import load_labeled
+
+        return load_labeled(items, cfg.preprocessing, self.classes(cfg), progress)
+
+    def loss(self, cfg: ClassifyConfig, train: Any) -> torch.nn.Module:
+        from medinfer.train.classify import pos_weight
+
+        return torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight(train.labels, cfg.pos_weight_max))
+
+    def sampler(self, cfg: ClassifyConfig, train: Any) -> Sampler:
+        from medinfer.train.classify import affine_augmentation, augment_images
+
+        aug = affine_augmentation(cfg.augment_prob, cfg.preprocessing.size[0], cfg.seed)
+
+        def draw(rng: np.random.Generator) -> Iterator[Batch]:
+            for idx in _batches(len(train), cfg.batch_size, rng):
+                yield augment_images(aug, train.images[idx]), torch.from_numpy(train.labels[idx])
+
+        return draw
+
+    def out_channels(self, cfg: ClassifyConfig) -> int:
+        return len(self.classes(cfg))
+
+    def spec_fields(self, cfg: ClassifyConfig) -> dict[str, Any]:
+        return {"task": "classification", "classes": list(self.classes(cfg))}
+
+    def on_best(self, cfg: ClassifyConfig, art: ModelArtifact, engine: Engine, val: Any) -> None:
+        """Per class, the validation threshold maximizing Youden's J (stored in the artifact)."""
+        from medinfer.train.classify import youden_thresholds
+
+        art.spec.thresholds = youden_thresholds(_probabilities(engine, val.images), val.labels,
+                                                self.classes(cfg))
+
+
+def _probabilities(engine: Engine, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """(N, K) sigmoid probabilities of ``engine``'s logits on (N, C, H, W) ``images``."""
+    out = [torch.sigmoid(torch.from_numpy(engine.infer(images[i:i + batch_size]))).numpy()
+           for i in range(0, len(images), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+class VolumeRecipe(Recipe[VolumeTrainConfig]):
+    """3D segmentation on a NIfTI volume folder; validation slides over whole held-out volumes."""
+
+    task = "segmentation3d"
+    unit = "windows"
+
+    def split(self, cfg: VolumeTrainConfig) -> Split:
+        from medinfer.data.volumes import find_volume_pairs
+
+        pairs = find_volume_pairs(cfg.data)
+        val = [p for p in pairs if p.name.startswith(cfg.val_prefixes)]
+        train = [p for p in pairs if p not in val]
+        for part, what in ((val, "validation"), (train, "training")):
+            if not part:
+                raise InputError(cfg.data, f"no {what} volumes: val_prefixes {list(cfg.val_prefixes)} "
+                                           f"match {len(val)} of {len(pairs)} volumes")
+        return Split(train, val, [], DataSplit(unit="case", train=[p.name for p in train],
+                                               val=[p.name for p in val]))
+
+    def load(self, cfg: VolumeTrainConfig, items: list[Any], progress: Progress = None) -> Any:
+        from medinfer.data.volumes import load_volumes
+
+        return load_volumes(items, cfg.preprocessing, progress)
+
+    def loss(self, cfg: VolumeTrainConfig, train: Any) -> torch.nn.Module:
+        from monai.losses import DiceCELoss
+
+        return DiceCELoss(sigmoid=True)
+
+    def epoch_samples(self, cfg: VolumeTrainConfig, train: Any) -> int:
+        return cfg.windows_per_volume * len(train)
+
+    def sampler(self, cfg: VolumeTrainConfig, train: Any) -> Sampler:
+        from medinfer.data.volumes import sample_windows
+
+        n_windows = self.epoch_samples(cfg, train)
+        size = tuple(cfg.preprocessing.size)
+
+        def draw(rng: np.random.Generator) -> Iterator[Batch]:
+            for _ in range(0, n_windows, cfg.batch_size):
+                x, y = sample_windows(train, size, cfg.batch_size, cfg.foreground_prob, rng)
+                yield torch.from_numpy(x), torch.from_numpy(y)
+
+        return draw
+
+    def spec_fields(self, cfg: VolumeTrainConfig) -> dict[str, Any]:
+        return {"task": "segmentation", "segments": {1: cfg.segment}}
+
+
+RECIPES: dict[str, Recipe[Any]] = {r.task: r for r in (SegmentationRecipe(), ClassificationRecipe(),
+                                                       VolumeRecipe())}
+"""Recipe per config ``task``."""
+
+
+def recipe_for(cfg: FitConfig) -> Recipe[Any]:
+    """The recipe that runs ``cfg`` (by its ``task``)."""
+    try:
+        return RECIPES[cfg.task]
+    except KeyError:
+        raise ValueError(f"no training recipe for task {cfg.task!r}; known: {', '.join(RECIPES)}") from None
+
