@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from medinfer.artifact import ArtifactSpec, InputSpec, ModelArtifact
 from medinfer.data.labels import NIH_FINDINGS
 from medinfer.data.spec import Preprocessing
+from medinfer.data.synthetic import write_labeled_folder, write_volume_pairs
 from medinfer.models import create_model
 
 VOL_SHAPE = (20, 18, 9)
@@ -46,30 +44,12 @@ def vol_artifact(tmp_path_factory: pytest.TempPathFactory) -> ModelArtifact:
 @pytest.fixture(scope="session")
 def cls_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 labeled 24x24 RGB images; every finding column has both classes somewhere."""
-    root = tmp_path_factory.mktemp("cxr")
-    (root / "images").mkdir()
-    rng = np.random.default_rng(0)
-    lines = ["image,abnormal,findings,patient_id"]
-    for i in range(12):
-        found = [c for k, c in enumerate(NIH_FINDINGS) if (i + k) % 3 == 0]
-        Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8), "RGB").save(root / "images" / f"{i}.png")
-        lines.append(f"{i}.png,{int(bool(found))},{'|'.join(found) or 'No Finding'},{i}")
-    (root / "labels.csv").write_text("\n".join(lines) + "\n")
-    return root
+    rows = [(f"{i}.png", "|".join(c for k, c in enumerate(NIH_FINDINGS) if (i + k) % 3 == 0), i)
+            for i in range(12)]
+    return write_labeled_folder(tmp_path_factory.mktemp("cxr"), rows, side=24)
 
 
 @pytest.fixture(scope="session")
 def vol_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Two NIfTI volumes with a bright box and its mask."""
-    root = tmp_path_factory.mktemp("vols")
-    for sub in ("images", "masks"):
-        (root / sub).mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(2):
-        img = rng.normal(100, 10, VOL_SHAPE).astype(np.int16)
-        mask = np.zeros(VOL_SHAPE, np.uint8)
-        mask[4 + i:12, 5:13, 2:7] = 1
-        img[mask > 0] += 60
-        nib.save(nib.Nifti1Image(img, np.eye(4)), root / "images" / f"v{i}.nii.gz")
-        nib.save(nib.Nifti1Image(mask, np.eye(4)), root / "masks" / f"v{i}.nii.gz")
-    return root
+    return write_volume_pairs(tmp_path_factory.mktemp("vols"), ["v0", "v1"], VOL_SHAPE)

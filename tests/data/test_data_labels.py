@@ -6,11 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from medinfer.data.labels import (NIH_FINDINGS, is_labeled_folder, label_matrix, load_labeled, read_labels,
                                   split_by_patient, write_subset)
 from medinfer.data.spec import Preprocessing
+from medinfer.data.synthetic import write_labeled_folder
 from medinfer.errors import InputError
 
 
@@ -18,18 +18,6 @@ from medinfer.errors import InputError
 def cxr(shared_path) -> Path:
     """The shipped NIH chest X-ray subset (skipped, or failed under CI=true, when absent)."""
     return shared_path("nih-cxr-1000")
-
-
-def make_labeled(root: Path, rows: list[tuple[str, str, int]], side: int = 16) -> Path:
-    """A labeled folder: one grey PNG per (name, findings, patient) row."""
-    (root / "images").mkdir(parents=True)
-    lines = ["image,abnormal,findings,patient_id"]
-    rng = np.random.default_rng(0)
-    for name, findings, patient in rows:
-        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8), "RGB").save(root / "images" / name)
-        lines.append(f"{name},{0 if findings == 'No Finding' else 1},{findings},{patient}")
-    (root / "labels.csv").write_text("\n".join(lines) + "\n")
-    return root
 
 
 def test_reads_the_shipped_labels_and_agrees_with_the_readme(cxr: Path) -> None:
@@ -55,7 +43,8 @@ def test_patient_split_is_disjoint_deterministic_and_sized(cxr: Path) -> None:
 
 
 def test_load_labeled_prepares_images_and_labels(tmp_path: Path) -> None:
-    root = make_labeled(tmp_path / "d", [("a.png", "Effusion|Mass", 1), ("b.png", "No Finding", 2)])
+    root = write_labeled_folder(tmp_path / "d", [("a.png", "Effusion|Mass", 1),
+                                                 ("b.png", "No Finding", 2)])
     spec = Preprocessing(size=(8, 8))
     data = load_labeled(read_labels(root), spec)
     assert data.images.shape == (2, 3, 8, 8) and data.images.dtype == np.float32
@@ -65,7 +54,7 @@ def test_load_labeled_prepares_images_and_labels(tmp_path: Path) -> None:
 
 
 def test_write_subset_round_trips(tmp_path: Path) -> None:
-    root = make_labeled(tmp_path / "d", [("a.png", "Hernia", 1), ("b.png", "No Finding", 2)])
+    root = write_labeled_folder(tmp_path / "d", [("a.png", "Hernia", 1), ("b.png", "No Finding", 2)])
     sub = write_subset(read_labels(root)[:1], tmp_path / "sub")
     assert is_labeled_folder(sub)
     (rec,) = read_labels(sub)
@@ -79,7 +68,7 @@ def test_write_subset_round_trips(tmp_path: Path) -> None:
     ("image,findings\n", "no rows"),
 ])
 def test_bad_labels_name_the_file(tmp_path: Path, csv: str, message: str) -> None:
-    root = make_labeled(tmp_path / "d", [("a.png", "Mass", 1)])
+    root = write_labeled_folder(tmp_path / "d", [("a.png", "Mass", 1)])
     (root / "labels.csv").write_text(csv)
     with pytest.raises(InputError, match=message) as info:
         read_labels(root)

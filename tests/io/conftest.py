@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from medinfer.data.synthetic import dicom_slice, write_dicom
+
 
 @pytest.fixture
 def write_dicom_slice() -> Callable[..., Path]:
-    """Return a writer of a small uncompressed MR slice (pydicom)."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+    """Return a writer of a small uncompressed MR slice (:mod:`medinfer.data.synthetic`)."""
 
     def write(
         path: Path,
@@ -28,39 +28,8 @@ def write_dicom_slice() -> Callable[..., Path]:
         intercept: float | None = None,
         with_meta: bool = True,
     ) -> Path:
-        ds = Dataset()
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = generate_uid()
-        ds.Modality = "MR"
-        ds.SeriesInstanceUID = series_uid
-        if instance is not None:
-            ds.InstanceNumber = instance
-        rows, cols = pixels.shape
-        ds.Rows, ds.Columns = rows, cols
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation = 0
-        ds.PixelSpacing = [float(s) for s in spacing]
-        if position is not None:
-            ds.ImagePositionPatient = [float(v) for v in position]
-        if orientation is not None:
-            ds.ImageOrientationPatient = [float(v) for v in orientation]
-        if slope is not None:
-            ds.RescaleSlope = slope
-        if intercept is not None:
-            ds.RescaleIntercept = intercept
-        ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if with_meta:
-            meta = FileMetaDataset()
-            meta.MediaStorageSOPClassUID = ds.SOPClassUID
-            meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-            meta.TransferSyntaxUID = ExplicitVRLittleEndian
-            ds.file_meta = meta
-            ds.save_as(path, enforce_file_format=True)
-        else:
-            ds.save_as(path, implicit_vr=True, little_endian=True)
-        return path
+        ds = dicom_slice(pixels, position=position, orientation=orientation, instance=instance,
+                         series_uid=series_uid, spacing=spacing, slope=slope, intercept=intercept)
+        return write_dicom(ds, path, file_meta=with_meta)
 
     return write

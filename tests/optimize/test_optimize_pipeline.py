@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from medinfer.tasks import Classification, GateLimits, Segmentation2D
 from medinfer.artifact import ArtifactSpec, InputSpec, ModelArtifact, VariantRecord
 from medinfer.data.pairs import load_calibration_images
 from medinfer.data.spec import Preprocessing
+from medinfer.data.synthetic import write_kvasir_pairs
 from medinfer.models import create_model
 from medinfer.optimize.inspect import onnx_float_ops
 from medinfer.optimize.pipeline import OptimizeConfig, apply_gate, optimize
@@ -28,17 +28,8 @@ N_VAL = 6
 
 def _make_kvasir(root: Path, n: int, seed: int) -> Path:
     """Tiny Kvasir-layout folder: RGB noise with a bright box, mask = the box (0/255)."""
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        mask = np.zeros(SIZE, np.uint8)
-        mask[6 + i % 4: 20, 5: 18 + i % 5] = 255
-        img = rng.integers(0, 256, (*SIZE, 3), dtype=np.uint8)
-        img[mask > 0] = (230, 90, 80)
-        Image.fromarray(img, "RGB").save(root / "images" / f"s{i}.png")
-        Image.fromarray(mask, "L").save(root / "masks" / f"s{i}.png")
-    return root
+    names = [f"s{i}" for i in range(n)]
+    return write_kvasir_pairs(root, names, SIZE, seed=seed, colour=(230, 90, 80))
 
 
 @pytest.fixture(scope="module")

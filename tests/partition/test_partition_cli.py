@@ -83,3 +83,38 @@ def test_partition_rejects_a_malformed_mesh(artifact: ModelArtifact, volume: tup
     res = runner.invoke(app, ["partition", "--model", str(artifact.root), "--mesh", "2by2",
                               str(volume[0]), "--out", str(tmp_path / "o.nii.gz")])
     assert res.exit_code == 2 and "mesh" in res.output.lower()
+
+
+def test_shipped_3d_model_partition_equals_one_pass_on_the_task_input(tmp_path: Path) -> None:
+    """`medinfer partition` on the shipped brain model prepares the volume as the task does
+    (z-score over the brain for MR) and gives exactly the labels of one whole-volume pass."""
+    from partition_helpers import BRAIN
+    from shared_data import require
+
+    from medinfer.io import read_image
+    from medinfer.tasks import task_for
+    from medinfer.tasks.volume import pad_to_stride
+
+    require(BRAIN, "shipped 3D data")
+    art = ModelArtifact.load(Path(__file__).resolve().parents[2] / "models" / "brain-unet3d")
+    source = nib.load(BRAIN)
+    # a real crop through the tumour, sides off the network's stride (the command pads them)
+    data = np.asarray(source.dataobj, np.float32)[60:130, 60:126, 8:30]
+    path = tmp_path / "crop.nii.gz"
+    nib.save(nib.Nifti1Image(data, source.affine), path)
+    out = tmp_path / "labels.nii.gz"
+    res = runner.invoke(app, ["partition", "--model", str(art.root), "--memory-budget-mb", "64",
+                              str(path), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    labels = np.asarray(nib.load(out).dataobj)
+
+    task, net = task_for(art), art.load_network()
+    x = task.prepare(read_image(path))
+    with torch.no_grad():
+        logits = net(pad_to_stride(net, x)[None])[0, :, :70, :66, :22]
+    expected = (logits[0] > 0).numpy().astype(np.uint8)
+    assert labels.shape == data.shape and 0 < expected.sum() < expected.size
+    assert np.array_equal(labels, expected)
+    with torch.no_grad():  # the raw intensities (the bug this guards against) give other labels
+        raw = (net(pad_to_stride(net, data[None])[None])[0, 0, :70, :66, :22] > 0).numpy()
+    assert not np.array_equal(raw, expected)

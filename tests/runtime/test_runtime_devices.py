@@ -91,7 +91,8 @@ def _engine(backend: str, tmp_path, options: EngineOptions):
     ("onnxruntime", _ort_affinities, None, "2"),  # the one extra intra-op thread on processor 2
     ("openvino", _ov_pinning, False, True),
 ])
-def test_pinned_threads_give_the_same_answer(tmp_path, backend: str, pinning, unpinned, pinned) -> None:
+def test_pinned_threads_give_the_same_answer(tmp_path, backend: str, pinning, unpinned,
+                                             pinned) -> None:
     pytest.importorskip(backend)
     free = _engine(backend, tmp_path / "free", EngineOptions(threads=2))
     pin = _engine(backend, tmp_path / "pin", EngineOptions(threads=2, pin_threads=True))
@@ -100,7 +101,7 @@ def test_pinned_threads_give_the_same_answer(tmp_path, backend: str, pinning, un
     np.testing.assert_allclose(pin.infer(_x()), free.infer(_x()), atol=1e-5)
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity API on this platform")
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity API here")
 def test_pinned_torch_engine_keeps_the_process_on_threads_cores() -> None:
     before, torch_threads = os.sched_getaffinity(0), torch.get_num_threads()
     threads = max(1, len(before) - 1)  # fewer than the process may use, so pinning shows

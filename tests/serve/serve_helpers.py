@@ -7,13 +7,13 @@ import socket
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.dataset import Dataset
+from shared_data import SHARED_DATA
 
 from medinfer.artifact import ArtifactSpec, InputSpec, ModelArtifact
 from medinfer.data.spec import Preprocessing
+from medinfer.data.synthetic import mr_series as make_series  # noqa: F401 (the serve tests' name)
 from medinfer.tasks import Prediction, Task, task_for
-from shared_data import SHARED_DATA
 
 MR_SERIES = SHARED_DATA / "dicom-mr-brain-tumor-progression" / "PGBM-001" / "11-T1post-80644"
 
@@ -62,50 +62,6 @@ class FindingsPredictor(FakeModel):
     def predict(self, image) -> Prediction:
         return Prediction("classification", None, {}, {"Effusion": 0.8, "Mass": 0.1},
                           {"Effusion": 0.5, "Mass": 0.5}, artifact="fake", variant="torch-fp32")
-
-
-def mr_slice(pixels: np.ndarray, z: float, study_uid: str, series_uid: str, number: int,
-             modality: str = "MR", sop_class: str = MRImageStorage) -> Dataset:
-    """One small uncompressed slice with full geometry and patient module."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = generate_uid()
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Doe^Jane", "P123", "19700101", "F"
-    ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240101", "120000", "A1", "S1"
-    ds.ReferringPhysicianName, ds.InstitutionName = "Who^Doctor", "General Hospital"
-    ds.Modality, ds.SeriesNumber, ds.InstanceNumber = modality, 1, number
-    ds.SeriesDescription = "T1 post"
-    ds.Manufacturer = "test"
-    ds.FrameOfReferenceUID = study_uid + ".9"
-    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-    ds.ImagePositionPatient = [0.0, 0.0, float(z)]
-    ds.PixelSpacing = [1.0, 1.0]
-    ds.SliceThickness = 2.0
-    rows, cols = pixels.shape
-    ds.Rows, ds.Columns = rows, cols
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    return ds
-
-
-def make_series(n: int = 4, size: int = 16, modality: str = "MR", study_uid: str | None = None,
-                sizes: list[int] | None = None) -> list[Dataset]:
-    """``n`` slices of one synthetic series (a bright square in the middle)."""
-    study_uid = study_uid or generate_uid()
-    series_uid = generate_uid()
-    out = []
-    for i in range(n):
-        s = (sizes or [size] * n)[i]
-        px = np.full((s, s), 10, np.uint16)
-        px[s // 4: 3 * s // 4, s // 4: 3 * s // 4] = 200
-        out.append(mr_slice(px, 2.0 * i, study_uid, series_uid, i + 1, modality))
-    return out
 
 
 def to_bytes(ds: Dataset) -> bytes:

@@ -11,7 +11,14 @@ from medinfer.artifact import ModelArtifact
 from medinfer.cli import app
 from medinfer.errors import InputError, MedinferError
 from medinfer.train import ClassifyConfig, TrainConfig, VolumeTrainConfig
-from medinfer.train.cli_config import TrainFlags, build_config, from_flags, load_config, parse_set, validate
+from medinfer.train.cli_config import (
+    TrainFlags,
+    build_config,
+    from_flags,
+    load_config,
+    parse_set,
+    validate,
+)
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +87,7 @@ def test_bad_set_items_are_refused(tmp_path: Path) -> None:
 
 
 def test_flags_pick_the_recipe_and_its_flags_as_before(seg_data: Path, cls_data: Path, vol_data: Path) -> None:
-    flags = dict(out=Path("o"), epochs=5, batch_size=8, loss="dicece", lr_step=7, size=32, limit=6)
+    flags = {"out": Path("o"), "epochs": 5, "batch_size": 8, "loss": "dicece", "lr_step": 7, "size": 32, "limit": 6}
     seg = validate(from_flags(TrainFlags(data=seg_data, **flags)))
     cls = validate(from_flags(TrainFlags(data=cls_data, **flags)))
     vol = validate(from_flags(TrainFlags(data=vol_data, **flags)))

@@ -13,7 +13,14 @@ from medinfer.data.spec import Preprocessing
 from medinfer.runtime import EngineOptions
 from medinfer.runtime.torch_engine import TorchEngine
 from medinfer.tasks import task_for
-from medinfer.train import (ClassifyConfig, TrainConfig, VolumeTrainConfig, fit, recipe_for, run_training)
+from medinfer.train import (
+    ClassifyConfig,
+    TrainConfig,
+    VolumeTrainConfig,
+    fit,
+    recipe_for,
+    run_training,
+)
 from medinfer.train.recipes import ClassificationRecipe, SegmentationRecipe, VolumeRecipe
 
 CLASSES = ("Effusion", "Mass")  # the classes tests/train/conftest.py labels
@@ -28,8 +35,8 @@ def _seg_cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
 
 def _vol_cfg(data: Path, out: Path, **kw: object) -> VolumeTrainConfig:
     pre = Preprocessing(size=WINDOW, scale=1.0, mean=(0.0,), std=(1.0,), channels=1, intensity="zscore")
-    args = dict(architecture="test_unet3d", val_prefixes=("held",), epochs=3, windows_per_volume=2,
-                batch_size=2, val_every=2, preprocessing=pre)
+    args: dict[str, object] = {"architecture": "test_unet3d", "val_prefixes": ("held",), "epochs": 3,
+                               "windows_per_volume": 2, "batch_size": 2, "val_every": 2, "preprocessing": pre}
     return VolumeTrainConfig(data=data, out=out, **{**args, **kw})
 
 
@@ -64,7 +71,7 @@ def test_segmentation_fit_keeps_the_best_epoch_weights(seg_data: Path, tmp_path:
     assert [h.epoch for h in rec.history] == [1, 2, 3] and all(h.lr == 1e-3 for h in rec.history)
     assert result.best_epoch == rec.best_epoch
     # The saved weights are the best epoch's: scoring them again gives the recorded Dice.
-    val = SegmentationRecipe().load(cfg, [p for p in SegmentationRecipe().split(cfg).val])
+    val = SegmentationRecipe().load(cfg, SegmentationRecipe().split(cfg).val)
     engine = TorchEngine(loaded.load_network(), "fp32", EngineOptions(threads=1))
     assert task_for(loaded).score(engine, val)["dice"] == pytest.approx(loaded.spec.metrics["dice"], abs=1e-6)
 

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from medinfer.artifact import (TRAINING_RECORD_VERSION, DataSplit, EpochRecord, ModelArtifact,
-                               TrainingRecord)
+from medinfer.artifact import (
+    TRAINING_RECORD_VERSION,
+    DataSplit,
+    EpochRecord,
+    ModelArtifact,
+    TrainingRecord,
+)
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 

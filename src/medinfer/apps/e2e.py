@@ -21,6 +21,7 @@ from medinfer.artifact import ModelArtifact
 from medinfer.errors import InputError
 from medinfer.io import read_image
 from medinfer.runtime import EngineOptions, variant_by_name
+from medinfer.runtime.bench import machine_info, versions
 from medinfer.tasks import Predictor, WriteOptions
 from medinfer.variants import REFERENCE
 
@@ -98,8 +99,6 @@ def end_to_end_report(art: ModelArtifact, variants: Sequence[str] | None, inputs
 
     ``variants`` default to the reference and the artifact's chosen variant.
     """
-    from medinfer.runtime.bench import machine_info, versions
-
     names = list(variants) if variants else list(dict.fromkeys([REFERENCE, art.spec.chosen or REFERENCE]))
     rows = end_to_end(art, names, inputs, options, on_input=on_input)
     return {"artifact": str(art.root), "command": command, "machine": machine_info(),

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from medinfer.apps.predict import stem as file_stem
 from medinfer.artifact import ModelArtifact
 from medinfer.errors import InputError

@@ -25,6 +25,7 @@ import torch
 from medinfer.artifact import ModelArtifact
 from medinfer.errors import InputError, MedinferError
 from medinfer.io import Image, read_image, write_mask_nifti
+from medinfer.partition.distributed import LAST_STATS, Mesh, distributed_inference
 from medinfer.runtime import EngineOptions
 from medinfer.tasks import Predictor, Task, VolumeInference, task_for
 from medinfer.tasks.volume import pad_to_stride
@@ -72,8 +73,6 @@ def run_local(job: PartitionJob, progress: bool = True) -> Path:
 def run_rank(job: PartitionJob) -> Path | None:
     """This torchrun rank's share; rank 0 writes ``job.out`` and returns it."""
     import torch.distributed as dist
-
-    from medinfer.partition.distributed import LAST_STATS, distributed_inference
 
     if job.threads:
         torch.set_num_threads(job.threads)
@@ -134,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     ``python -m torch.distributed.run --nproc_per_node 4 -m medinfer.apps.partition
     --model ART --mesh 2x2x1 --out OUT.nii.gz INPUT.nii.gz``
     """
-    from medinfer.partition.distributed import Mesh
-
     p = argparse.ArgumentParser(prog="medinfer.apps.partition")
     p.add_argument("input", type=Path)
     p.add_argument("--model", type=Path, required=True)

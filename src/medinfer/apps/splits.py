@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from medinfer.artifact import ModelArtifact
+from medinfer.data.labels import read_labels, write_subset
+from medinfer.data.volumes import find_volume_pairs, write_volume_subset
 from medinfer.errors import ArtifactError
 
 
@@ -28,8 +30,6 @@ class SplitFolders:
 def classification_split(art: ModelArtifact, work: Path, data: Path | None = None,
                          n_calib: int = 128) -> SplitFolders:
     """Folders of the artifact's train (first ``n_calib``), validation and test patients."""
-    from medinfer.data.labels import read_labels, write_subset
-
     split = art.spec.training.split
     if split is None or split.unit != "patient":
         raise ArtifactError(art.root, "no recorded patient split (train it with `medinfer train`)")
@@ -46,8 +46,6 @@ def volume_split(art: ModelArtifact, work: Path, data: Path | None = None) -> Sp
     With six volumes there is no separate validation part: accuracy control tunes on the
     training volumes, and the gate still only sees the held-out patient.
     """
-    from medinfer.data.volumes import find_volume_pairs, write_volume_subset
-
     split = art.spec.training.split
     if split is None or split.unit != "case" or not split.val:
         raise ArtifactError(art.root, "no recorded volume split (train it with `medinfer train`)")

@@ -17,6 +17,8 @@ import numpy as np
 
 from medinfer.data.spec import Preprocessing
 from medinfer.errors import InputError
+from medinfer.data.preprocess import prepare_batch
+from medinfer.io import read_image
 
 LABELS_FILE = "labels.csv"
 NO_FINDING = "No Finding"
@@ -143,9 +145,6 @@ def load_labeled(records: Sequence[LabeledImage], spec: Preprocessing,
                  classes: Sequence[str] = NIH_FINDINGS,
                  progress: Callable[[int], None] | None = None) -> LabeledArrays:
     """Read and prepare ``records``' images (resize, channels, normalize) with their labels."""
-    from medinfer.data.preprocess import prepare_batch
-    from medinfer.io import read_image
-
     images = []
     for r in records:
         images.append(prepare_batch([read_image(r.path).array], spec)[0])

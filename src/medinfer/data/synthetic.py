@@ -102,7 +102,8 @@ def write_labeled_folder(root: str | Path, rows: Sequence[LabeledRow], side: int
         for name, findings, patient in rows:
             pixels = rng.integers(0, 255, (side, side, 3), dtype=np.uint8)
             Image.fromarray(pixels, "RGB").save(root / "images" / name)
-            out.writerow([name, 0 if findings in ("", NO_FINDING) else 1, findings or NO_FINDING, patient])
+            abnormal = 0 if findings in ("", NO_FINDING) else 1
+            out.writerow([name, abnormal, findings or NO_FINDING, patient])
     return root
 
 
@@ -151,7 +152,8 @@ def _add_patient_and_study(ds: Dataset, study_uid: str, description: str) -> Non
     from pydicom.uid import generate_uid
 
     ds.StudyInstanceUID = study_uid
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Doe^Jane", "P123", "19700101", "F"
+    ds.PatientName, ds.PatientID = "Doe^Jane", "P123"
+    ds.PatientBirthDate, ds.PatientSex = "19700101", "F"
     ds.StudyDate, ds.StudyTime, ds.AccessionNumber, ds.StudyID = "20240101", "120000", "A1", "S1"
     ds.ReferringPhysicianName, ds.InstitutionName = "Who^Doctor", "General Hospital"
     ds.SeriesNumber, ds.SeriesDescription, ds.Manufacturer = 1, description, "test"
@@ -257,13 +259,18 @@ def mr_series(n: int = 4, size: int = 16, *, modality: str = "MR", study_uid: st
         s = (sizes or [size] * n)[i]
         px = np.full((s, s), 10, np.uint16)
         px[s // 4: 3 * s // 4, s // 4: 3 * s // 4] = 200
-        out.append(dicom_slice(px, position=(0.0, 0.0, 2.0 * i), instance=i + 1, series_uid=series_uid,
-                               study_uid=study_uid, modality=modality, thickness=2.0))
+        out.append(dicom_slice(px, position=(0.0, 0.0, 2.0 * i), instance=i + 1,
+                               series_uid=series_uid, study_uid=study_uid, modality=modality,
+                               thickness=2.0))
     return out
 
 
 def write_mr_series(folder: str | Path, n: int = 4, size: int = 16, **kwargs: object) -> Path:
-    """Write :func:`mr_series` ``(n, size, **kwargs)`` as ``folder/IM0001.dcm``, ...; returns ``folder``."""
+    """Write :func:`mr_series` ``(n, size, **kwargs)`` as ``folder/IM0001.dcm``, ...
+
+    Returns:
+        ``folder``.
+    """
     folder = Path(folder)
     for i, ds in enumerate(mr_series(n, size, **kwargs)):  # type: ignore[arg-type]
         write_dicom(ds, folder / f"IM{i + 1:04d}.dcm")

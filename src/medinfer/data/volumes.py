@@ -15,6 +15,7 @@ import numpy as np
 
 from medinfer.data.spec import Preprocessing
 from medinfer.errors import InputError
+from medinfer.io import read_image
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
 
@@ -103,8 +104,6 @@ def prepare_volume(array: np.ndarray, spec: Preprocessing) -> np.ndarray:
 def load_volumes(pairs: Sequence[VolumePair], spec: Preprocessing,
                  progress: Callable[[int], None] | None = None) -> VolumeSet:
     """Read and prepare volume pairs (images normalized, masks > 0 as bool)."""
-    from medinfer.io import read_image
-
     names, images, masks = [], [], []
     for pair in pairs:
         image = read_image(pair.image)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from medinfer.io.writers import overlay
 from pydicom.dataset import Dataset
 
 __all__ = [
@@ -126,8 +127,6 @@ def overlay_slice(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]
     Returns:
         (``(rows, cols, 3)`` uint8 picture, slice index (0 for 2D)).
     """
-    from medinfer.io import overlay
-
     k = 0
     if mask.ndim == 3:
         area = (mask > 0).sum(axis=(0, 1))

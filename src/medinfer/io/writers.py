@@ -182,7 +182,7 @@ def write_image_nifti(image: Image, path: str | Path) -> Path:
     return _save_nifti(np.ascontiguousarray(data), ras_affine(image), path)
 
 
-def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
+def to_rgb_uint8(image: np.ndarray) -> np.ndarray:
     """(H, W), (1, H, W) or (3, H, W) -> (H, W, 3) uint8; non-uint8 is min-max scaled."""
     arr = np.asarray(image)
     if arr.ndim == 2:
@@ -238,7 +238,7 @@ def overlay(
     rgb_color = np.asarray(color, dtype=np.float32)
     if rgb_color.shape != (3,) or np.any(rgb_color < 0) or np.any(rgb_color > 255):
         raise ValueError(f"color must be 3 values in 0..255, got {color}")
-    rgb = _to_rgb_uint8(image)
+    rgb = to_rgb_uint8(image)
     fg = _as_2d_mask(mask)
     if fg.shape != rgb.shape[:2]:
         raise ValueError(f"mask shape {fg.shape} does not match image shape {rgb.shape[:2]}")

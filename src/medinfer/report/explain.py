@@ -15,9 +15,17 @@ from pathlib import Path
 
 import jinja2
 
-from medinfer.report.explainer import INDEX_CACHE, ClassifierExplainer, FalsePositive, find_false_positives
-from medinfer.report.neighbours import training_records
 from medinfer.artifact import ModelArtifact
+from medinfer.io import read_image
+from medinfer.report.explainer import (
+    INDEX_CACHE,
+    ClassifierExplainer,
+    FalsePositive,
+    find_false_positives,
+)
+from medinfer.report.heatmaps import display_rgb, heatmap_panel, resize_map
+from medinfer.report.html import array_b64
+from medinfer.report.neighbours import training_records
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +53,12 @@ class ShownCase:
 
 
 def _thumb(path: Path | None) -> str | None:
-    from medinfer.io import read_image
-    from medinfer.report.heatmaps import display_rgb
-    from medinfer.report.html import _array_b64
-
-    return None if path is None else _array_b64(display_rgb(read_image(path).array))
+    return None if path is None else array_b64(display_rgb(read_image(path).array))
 
 
 def explain_cases(ex: ClassifierExplainer, cases: list[FalsePositive], k: int,
                   train_paths: dict[str, Path]) -> list[ShownCase]:
     """Heat-maps (for the false finding) and neighbours of each case, ready for the template."""
-    from medinfer.io import read_image
-    from medinfer.report.heatmaps import display_rgb, heatmap_panel, resize_map
-
     out = []
     for c in cases:
         image = read_image(c.path)

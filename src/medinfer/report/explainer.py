@@ -16,11 +16,18 @@ import numpy as np
 import torch
 
 from medinfer.artifact import ModelArtifact
+from medinfer.data.labels import load_labeled, read_labels
 from medinfer.errors import InputError, MedinferError
 from medinfer.io import Image
 from medinfer.progress import status_progress
 from medinfer.report.attribution import Explainer, HeatMaps
-from medinfer.report.neighbours import FeatureIndex, Neighbour, build_index, penultimate_features, recorded_data
+from medinfer.report.neighbours import (
+    FeatureIndex,
+    Neighbour,
+    build_index,
+    penultimate_features,
+    recorded_data,
+)
 from medinfer.runtime import EngineOptions
 from medinfer.runtime.torch_engine import TorchEngine
 from medinfer.tasks import Classification, task_for
@@ -178,8 +185,6 @@ def find_false_positives(art: ModelArtifact, data_dir: str | Path, n: int = 4,
     patients are searched; in any other folder, images of the artifact's training patients
     are left out (they would be their own nearest neighbours).
     """
-    from medinfer.data.labels import load_labeled, read_labels
-
     classes = art.spec.classes
     split = art.spec.training.split
     patients = split if split is not None and split.unit == "patient" else None

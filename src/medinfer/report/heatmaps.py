@@ -7,14 +7,13 @@ import io
 import numpy as np
 
 from medinfer.data.preprocess import resize_image, to_channels
+from medinfer.io.writers import to_rgb_uint8
 
 
 def display_rgb(image: np.ndarray) -> np.ndarray:
     """A raw (C, H, W) image as (H, W, 3) uint8 for display (min-max scaled unless uint8)."""
-    from medinfer.io.writers import _to_rgb_uint8
-
     arr = np.asarray(image)
-    return _to_rgb_uint8(to_channels(arr, 3) if arr.shape[0] != 1 else arr)
+    return to_rgb_uint8(to_channels(arr, 3) if arr.shape[0] != 1 else arr)
 
 
 def resize_map(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -11,7 +11,7 @@ import jinja2
 import numpy as np
 
 from medinfer.artifact import ModelArtifact
-from medinfer.report.tables import metric_keys, columns, ladder_rows
+from medinfer.report.tables import columns, ladder_rows, metric_keys
 from medinfer.runtime.bench import BenchmarkResult
 from medinfer.tasks import Example
 from medinfer.variants import REFERENCE
@@ -23,7 +23,7 @@ def _png_b64(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _array_b64(rgb: np.ndarray) -> str:
+def array_b64(rgb: np.ndarray) -> str:
     from PIL import Image as PILImage
 
     buf = io.BytesIO()
@@ -108,7 +108,7 @@ class ShownExample:
 
 def shown(examples: list[Example]) -> list[ShownExample]:
     """Encode the pictures of :meth:`medinfer.tasks.Task.examples` for the page."""
-    return [ShownExample(e.name, [(c, _array_b64(p)) for c, p in e.pictures.items()], dict(e.scores))
+    return [ShownExample(e.name, [(c, array_b64(p)) for c, p in e.pictures.items()], dict(e.scores))
             for e in examples]
 
 

@@ -21,7 +21,6 @@ from torch import nn
 from medinfer.artifact import ModelArtifact
 from medinfer.data.labels import LabeledImage, load_labeled, read_labels
 from medinfer.errors import InputError
-from medinfer.progress import status_progress
 from medinfer.metrics.distance import (
     DISTANCES,
     cosine,
@@ -31,6 +30,7 @@ from medinfer.metrics.distance import (
     nearest,
     precision_matrix,
 )
+from medinfer.progress import status_progress
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,15 @@ This layer uses io, data, models, runtime, metrics, the artifact and the exact-i
 core of partition; commands, the optimizer, training, reports and the service use it.
 """
 
-from medinfer.tasks.base import Example, GateLimits, Infer, Prediction, Task, WriteOptions, WrittenFile
+from medinfer.tasks.base import (
+    Example,
+    GateLimits,
+    Infer,
+    Prediction,
+    Task,
+    WriteOptions,
+    WrittenFile,
+)
 from medinfer.tasks.classification import Classification
 from medinfer.tasks.predictor import Predictor
 from medinfer.tasks.registry import list_tasks, register_task, task_for, unregister_task

@@ -16,7 +16,15 @@ from medinfer.io import Image
 from medinfer.io.derived import overlay_slice, write_png, write_sc, write_sr
 from medinfer.metrics import classification_scores
 from medinfer.runtime import Engine
-from medinfer.tasks.base import GateLimits, Infer, Prediction, Task, WriteOptions, WrittenFile, batched
+from medinfer.tasks.base import (
+    GateLimits,
+    Infer,
+    Prediction,
+    Task,
+    WriteOptions,
+    WrittenFile,
+    batched,
+)
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ import numpy as np
 from medinfer.artifact import ModelArtifact
 from medinfer.data.pairs import find_pairs, load_calibration_images, load_pairs
 from medinfer.data.preprocess import prepare_batch, resize_mask
-from medinfer.io import Image, write_mask_nifti, write_mask_png
+from medinfer.io import Image, overlay, write_mask_nifti, write_mask_png
 from medinfer.io.derived import overlay_slice, write_png, write_sc, write_seg
 from medinfer.metrics import dice_iou_per_image, summarize
 from medinfer.runtime import Engine
@@ -103,8 +103,6 @@ class SegmentationTask(Task):
     def examples(self, data: Any, outputs: dict[str, list[np.ndarray]], n: int) -> list[Example]:
         """The first ``n`` cases: image, truth and each variant's mask (the slice with the most
         true foreground for volumes), with each variant's Dice on that case."""
-        from medinfer.io import overlay
-
         colours = ((30, 120, 255), (255, 230, 0), (200, 0, 255), (0, 220, 220))
         out = []
         masks = {v: self.masks(o[:n]) for v, o in outputs.items()}

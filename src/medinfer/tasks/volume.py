@@ -30,6 +30,7 @@ from medinfer.data.volumes import (
 )
 from medinfer.errors import BackendUnavailableError, InputError
 from medinfer.io import Image
+from medinfer.partition import exact_inference, network_geometry
 from medinfer.runtime import Engine
 from medinfer.tasks.base import Infer
 from medinfer.tasks.segmentation import SegmentationTask
@@ -73,8 +74,6 @@ def window_logits(infer: Infer, volume: np.ndarray, size: tuple[int, ...], overl
 def pad_to_stride(net, x: np.ndarray):
     """``x`` (C, *S) as a tensor zero-padded so every side divides the network's total stride."""
     import torch
-
-    from medinfer.partition import network_geometry
 
     shape = x.shape[1:]
     align = network_geometry(net, x.shape[0], tuple(-(-n // 16) * 16 for n in shape)).align
@@ -140,8 +139,6 @@ class Segmentation3D(SegmentationTask):
             raise BackendUnavailableError(
                 f"exact whole-volume inference runs the PyTorch network, not {engine.backend}; "
                 "use --backend torch")
-        from medinfer.partition import exact_inference
-
         logits = exact_inference(net, pad_to_stride(net, x), self.inference.memory_budget_mb,
                                  progress=self.inference.progress)
         return logits[(slice(None), *(slice(0, n) for n in x.shape[1:]))].numpy()

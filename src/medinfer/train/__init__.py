@@ -4,7 +4,13 @@ Run a config with :func:`run_training` (or :func:`fit` with an explicit recipe);
 from YAML with :func:`medinfer.train.cli_config.load_config`.
 """
 
-from medinfer.train.config import AnyTrainConfig, ClassifyConfig, FitConfig, TrainConfig, VolumeTrainConfig
+from medinfer.train.config import (
+           AnyTrainConfig,
+           ClassifyConfig,
+           FitConfig,
+           TrainConfig,
+           VolumeTrainConfig,
+)
 from medinfer.train.fit import FitResult, fit, run_training, train_segmentation
 from medinfer.train.recipes import RECIPES, Recipe, recipe_for
 

@@ -37,7 +37,7 @@ class FitConfig(BaseModel):
         val_every: validate every this many epochs (and always after the last one).
         seed: seeds torch, numpy and the augmentation.
         threads: torch intra-op threads.
-        max_minutes: stop after the first epoch that ends past this wall time (None: no budget).
+        max_minutes: stop after the first epoch that ends past this wall time (None or 0: no budget).
         preprocessing: how images become network inputs (stored in the artifact).
     """
 
@@ -59,7 +59,7 @@ class FitConfig(BaseModel):
     val_every: int = Field(1, ge=1)
     seed: int = 0
     threads: int = Field(2, ge=1)
-    max_minutes: float | None = Field(None, gt=0)
+    max_minutes: float | None = Field(None, ge=0)
     preprocessing: Preprocessing = Preprocessing()
 
     @field_validator("preprocessing", mode="before")
@@ -90,7 +90,7 @@ class TrainConfig(FitConfig):
         loss: ``dice`` or ``dicece`` (Dice + binary cross-entropy).
         val_fraction: fraction of the pairs held out for validation (split by name and seed).
         augment_prob: probability of each of the random rotation and the horizontal flip.
-        limit: use only the first N pairs by name (tests, quick runs).
+        limit: use only the first N pairs by name (tests, quick runs; None or 0: all).
     """
 
     task: Literal["segmentation"] = "segmentation"
@@ -98,7 +98,7 @@ class TrainConfig(FitConfig):
     loss: Literal["dice", "dicece"] = "dice"
     val_fraction: float = Field(0.2, gt=0, lt=1)
     augment_prob: float = Field(0.5, ge=0, le=1)
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=0)
 
 
 class ClassifyConfig(FitConfig):
@@ -114,7 +114,7 @@ class ClassifyConfig(FitConfig):
         pos_weight_max: cap of the per-class positive weight (negatives / positives).
         split: train / validation / test fractions of the images, split by patient.
         augment_prob: probability of the random affine transform per image.
-        limit: use only the first N images by name (tests, quick runs).
+        limit: use only the first N images by name (tests, quick runs; None or 0: all).
     """
 
     task: Literal["classification"] = "classification"
@@ -128,7 +128,7 @@ class ClassifyConfig(FitConfig):
     pos_weight_max: float = Field(10.0, ge=1)
     split: tuple[float, float, float] = (0.6, 0.15, 0.25)
     augment_prob: float = Field(0.5, ge=0, le=1)
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=0)
     preprocessing: Preprocessing = Preprocessing(
         size=(128, 128), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
