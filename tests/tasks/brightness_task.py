@@ -14,12 +14,10 @@ import numpy as np
 from PIL import Image as PILImage
 
 from medinfer.artifact import ArtifactSpec, InputSpec, ModelArtifact
-from medinfer.data.pairs import load_calibration_images
 from medinfer.data.preprocess import prepare_batch
 from medinfer.data.spec import Preprocessing
 from medinfer.io import Image, read_image
-from medinfer.tasks import Prediction, Task, WriteOptions, WrittenFile
-from medinfer.tasks.base import batched
+from medinfer.tasks import PictureTask, Prediction, WriteOptions, WrittenFile
 
 TASK = "test_brightness"
 
@@ -37,7 +35,7 @@ class BrightSet:
         return BrightSet([self.names[i] for i in index], self.images[index], self.labels[index])
 
 
-class Brightness(Task):
+class Brightness(PictureTask):
     name: ClassVar[str] = TASK
     primary: ClassVar[str] = "accuracy"
     columns: ClassVar[tuple[tuple[str, str], ...]] = (("accuracy", "accuracy"), ("margin", "margin"))
@@ -55,21 +53,9 @@ class Brightness(Task):
         images = prepare_batch([read_image(Path(folder) / "images" / n).array for n, _ in rows], self.spec)
         return BrightSet([n for n, _ in rows], images, np.array([int(v) for _, v in rows]))
 
-    def load_calib(self, folder: Path, limit: int | None = None) -> np.ndarray:
-        return load_calibration_images(Path(folder) / "images", self.spec, limit)
-
-    def prepare(self, image: Image) -> np.ndarray:
-        return prepare_batch([image.array], self.spec)
-
-    def infer(self, engine, x: np.ndarray) -> np.ndarray:
-        return engine.infer(x)
-
     def postprocess(self, outputs: np.ndarray, image: Image) -> Prediction:
         score = float(np.asarray(outputs).reshape(-1)[0])
         return Prediction(TASK, extra={"bright_score": score, "bright": score > 0})
-
-    def outputs(self, infer, data: BrightSet) -> list[np.ndarray]:
-        return batched(infer, data.images)
 
     def metrics(self, outputs, data: BrightSet, n_boot: int = 0) -> dict[str, Any]:
         s = np.array([float(np.asarray(o).reshape(-1)[0]) for o in outputs])

@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from brightness_task import TASK, Brightness, make_bright_artifact, make_bright_data
 from typer.testing import CliRunner
 
-from brightness_task import TASK, Brightness, make_bright_artifact, make_bright_data
 from medinfer.cli import app
 from medinfer.tasks import list_tasks, register_task, task_for, unregister_task
 

@@ -14,6 +14,7 @@ from medinfer.tasks.base import (
     Example,
     GateLimits,
     Infer,
+    PictureTask,
     Prediction,
     Task,
     WriteOptions,
@@ -28,7 +29,7 @@ from medinfer.tasks.volume import Segmentation3D, VolumeInference, window_logits
 for _task in (Segmentation2D, Segmentation3D, Classification):
     register_task(_task)
 
-__all__ = ["Classification", "Example", "GateLimits", "Infer", "Prediction", "Predictor",
+__all__ = ["Classification", "Example", "GateLimits", "Infer", "PictureTask", "Prediction", "Predictor",
            "Segmentation2D", "Segmentation3D", "SegmentationTask", "Task", "VolumeInference",
            "WriteOptions", "WrittenFile", "labels_from_logits", "list_tasks", "register_task",
            "task_for", "unregister_task", "window_logits"]

@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from medinfer.artifact import ModelArtifact
+from medinfer.data.pairs import load_calibration_images
+from medinfer.data.preprocess import prepare_batch
 from medinfer.errors import InputError
 from medinfer.io import Image
 from medinfer.runtime import Engine
@@ -273,6 +275,26 @@ class Task(ABC):
     def examples(self, data: Any, outputs: dict[str, list[np.ndarray]], n: int) -> list[Example]:
         """Up to ``n`` report cases drawing each variant's outputs (none by default)."""
         return []
+
+
+class PictureTask(Task):
+    """A task on 2D pictures of any size resized to the network's input: the shared
+    prepare / infer / calibration / batched outputs of 2D segmentation, classification and
+    any other picture task (mix in before the task's other base)."""
+
+    def load_calib(self, folder: Path, limit: int | None = None) -> np.ndarray:
+        """Pictures from ``folder/images`` (or ``folder``), prepared like inputs."""
+        return load_calibration_images(folder, self.spec, limit)
+
+    def prepare(self, image: Image) -> np.ndarray:
+        """(1, C, *size): channels matched, resized, normalized by the artifact's preprocessing."""
+        return prepare_batch([image.array], self.spec)
+
+    def infer(self, engine: Engine, x: np.ndarray) -> np.ndarray:
+        return engine.infer(x)
+
+    def outputs(self, infer: Infer, data: Any) -> list[np.ndarray]:
+        return batched(infer, data.images)
 
 
 def write_summary(pred: Prediction, path: Path, options: WriteOptions) -> WrittenFile:

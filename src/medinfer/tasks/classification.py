@@ -10,28 +10,17 @@ import numpy as np
 
 from medinfer.artifact import ModelArtifact
 from medinfer.data.labels import is_labeled_folder, load_labeled, read_labels
-from medinfer.data.pairs import load_calibration_images
-from medinfer.data.preprocess import prepare_batch
 from medinfer.io import Image
 from medinfer.io.derived import overlay_slice, write_png, write_sc, write_sr
 from medinfer.metrics import classification_scores
-from medinfer.runtime import Engine
-from medinfer.tasks.base import (
-    GateLimits,
-    Infer,
-    Prediction,
-    Task,
-    WriteOptions,
-    WrittenFile,
-    batched,
-)
+from medinfer.tasks.base import GateLimits, PictureTask, Prediction, WriteOptions, WrittenFile
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
 
 
-class Classification(Task):
+class Classification(PictureTask):
     """Multi-label classification of pictures (``labels.csv`` + ``images/``).
 
     The gate checks the mean AUC *and* every single class's AUC.
@@ -58,22 +47,10 @@ class Classification(Task):
         records = read_labels(folder, self.art.spec.classes)
         return load_labeled(records[:limit] if limit else records, self.spec, self.art.spec.classes)
 
-    def load_calib(self, folder: Path, limit: int | None = None) -> np.ndarray:
-        return load_calibration_images(folder, self.spec, limit)
-
-    def prepare(self, image: Image) -> np.ndarray:
-        return prepare_batch([image.array], self.spec)
-
-    def infer(self, engine: Engine, x: np.ndarray) -> np.ndarray:
-        return engine.infer(x)
-
     def postprocess(self, outputs: np.ndarray, image: Image) -> Prediction:
         probs = sigmoid(outputs[0])
         return Prediction(self.name, scores={c: float(p) for c, p in zip(self.classes, probs)},
                           thresholds=dict(self.art.spec.thresholds))
-
-    def outputs(self, infer: Infer, data) -> list[np.ndarray]:
-        return batched(infer, data.images)
 
     def metrics(self, outputs, data, n_boot: int = 0) -> dict[str, Any]:
         """Per-class ROC-AUC, mean AUC over classes present, abnormal AUC; with ``n_boot``,

@@ -10,13 +10,12 @@ from typing import Any, ClassVar
 import numpy as np
 
 from medinfer.artifact import ModelArtifact
-from medinfer.data.pairs import find_pairs, load_calibration_images, load_pairs
-from medinfer.data.preprocess import prepare_batch, resize_mask
+from medinfer.data.pairs import find_pairs, load_pairs
+from medinfer.data.preprocess import resize_mask
 from medinfer.io import Image, overlay, write_mask_nifti, write_mask_png
 from medinfer.io.derived import overlay_slice, write_png, write_sc, write_seg
 from medinfer.metrics import dice_iou_per_image, summarize
-from medinfer.runtime import Engine
-from medinfer.tasks.base import Example, Infer, Prediction, Task, WriteOptions, WrittenFile, batched
+from medinfer.tasks.base import Example, PictureTask, Prediction, Task, WriteOptions, WrittenFile
 
 
 def labels_from_logits(logits: np.ndarray) -> np.ndarray:
@@ -124,7 +123,7 @@ class SegmentationTask(Task):
         return out
 
 
-class Segmentation2D(SegmentationTask):
+class Segmentation2D(PictureTask, SegmentationTask):
     """2D segmentation of pictures (Kvasir layout: ``images/`` + ``masks/``)."""
 
     name: ClassVar[str] = "segmentation"
@@ -146,16 +145,3 @@ class Segmentation2D(SegmentationTask):
     def load_eval(self, folder: Path, limit: int | None = None):
         pairs = find_pairs(folder)
         return load_pairs(pairs[:limit] if limit else pairs, self.spec)
-
-    def load_calib(self, folder: Path, limit: int | None = None) -> np.ndarray:
-        return load_calibration_images(folder, self.spec, limit)
-
-    def prepare(self, image: Image) -> np.ndarray:
-        """(1, C, *size): resized, channels matched, normalized."""
-        return prepare_batch([image.array], self.spec)
-
-    def infer(self, engine: Engine, x: np.ndarray) -> np.ndarray:
-        return engine.infer(x)
-
-    def outputs(self, infer: Infer, data) -> list[np.ndarray]:
-        return batched(infer, data.images)
