@@ -5,11 +5,11 @@ from YAML with :func:`medinfer.train.cli_config.load_config`.
 """
 
 from medinfer.train.config import (
-           AnyTrainConfig,
-           ClassifyConfig,
-           FitConfig,
-           TrainConfig,
-           VolumeTrainConfig,
+    AnyTrainConfig,
+    ClassifyConfig,
+    FitConfig,
+    TrainConfig,
+    VolumeTrainConfig,
 )
 from medinfer.train.fit import FitResult, fit, run_training, train_segmentation
 from medinfer.train.recipes import RECIPES, Recipe, recipe_for

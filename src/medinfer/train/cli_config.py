@@ -34,6 +34,8 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from medinfer.data.labels import is_labeled_folder
+from medinfer.data.volumes import is_volume_folder
 from medinfer.errors import InputError, MedinferError
 from medinfer.train.config import TASKS, AnyTrainConfig, FitConfig
 
@@ -86,9 +88,6 @@ _DEFAULT_MODEL = {"segmentation": "resunet", "classification": "densenet121", "s
 
 def detect_task(data: str | Path) -> str:
     """The recipe a data folder's layout calls for (``segmentation`` when nothing else fits)."""
-    from medinfer.data.labels import is_labeled_folder
-    from medinfer.data.volumes import is_volume_folder
-
     if is_volume_folder(data):
         return "segmentation3d"
     if is_labeled_folder(data):

@@ -26,7 +26,11 @@ import torch
 
 from medinfer.artifact import ArtifactSpec, EpochRecord, InputSpec, ModelArtifact, TrainingRecord
 from medinfer.errors import MedinferError
+from medinfer.models.registry import create_model
 from medinfer.progress import status_progress
+from medinfer.runtime import EngineOptions
+from medinfer.runtime.torch_engine import TorchEngine
+from medinfer.tasks import task_for
 from medinfer.train.config import FitConfig, TrainConfig
 from medinfer.train.recipes import Batch, Recipe, Split, recipe_for
 
@@ -73,8 +77,6 @@ def make_schedule(cfg: FitConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_
 
 
 def _network(recipe: Recipe[Any], cfg: FitConfig) -> torch.nn.Module:
-    from medinfer.models.registry import create_model
-
     try:
         return create_model(cfg.architecture, in_channels=cfg.preprocessing.channels,
                             out_channels=recipe.out_channels(cfg), **cfg.arch_kwargs)
@@ -120,9 +122,6 @@ def _train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: torc
 
 def _validate(task: Any, net: torch.nn.Module, val: Any, threads: int) -> tuple[dict[str, float], Any]:
     """The task's validation metrics of ``net`` (eval mode, FP32) and the engine that scored them."""
-    from medinfer.runtime import EngineOptions
-    from medinfer.runtime.torch_engine import TorchEngine
-
     engine = TorchEngine(net.eval(), "fp32", EngineOptions(threads=threads))
     scores = task.score(engine, val, n_boot=0)
     return {k: float(v) for k, v in scores.items() if isinstance(v, (int, float))}, engine
@@ -238,8 +237,6 @@ def fit(recipe: Recipe[Any], cfg: FitConfig, command: str = "") -> FitResult:
         InputError: the data folder does not hold the recipe's layout.
         MedinferError: an unknown architecture or architecture argument.
     """
-    from medinfer.tasks import task_for
-
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)

@@ -23,10 +23,22 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 import torch
+from monai.losses import DiceCELoss, DiceLoss
 
 from medinfer.artifact import DataSplit, ModelArtifact
+from medinfer.data.augment import augment_batch, paper_augmentation
+from medinfer.data.labels import NIH_FINDINGS, load_labeled, read_labels, split_by_patient
+from medinfer.data.pairs import find_pairs, load_pairs, split_pairs
+from medinfer.data.volumes import find_volume_pairs, load_volumes, sample_windows
 from medinfer.errors import InputError
 from medinfer.runtime import Engine
+from medinfer.train.classify import (
+    affine_augmentation,
+    augment_images,
+    int_or_str,
+    pos_weight,
+    youden_thresholds,
+)
 from medinfer.train.config import ClassifyConfig, FitConfig, TrainConfig, VolumeTrainConfig
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -104,8 +116,6 @@ class SegmentationRecipe(Recipe[TrainConfig]):
     task = "segmentation"
 
     def split(self, cfg: TrainConfig) -> Split:
-        from medinfer.data.pairs import find_pairs, split_pairs
-
         pairs = find_pairs(cfg.data)
         if cfg.limit:
             pairs = sorted(pairs, key=lambda p: p.name)[: cfg.limit]
@@ -114,18 +124,12 @@ class SegmentationRecipe(Recipe[TrainConfig]):
                                                val=[p.name for p in val]))
 
     def load(self, cfg: TrainConfig, items: list[Any], progress: Progress = None) -> Any:
-        from medinfer.data.pairs import load_pairs
-
         return load_pairs(items, cfg.preprocessing, progress)
 
     def loss(self, cfg: TrainConfig, train: Any) -> torch.nn.Module:
-        from monai.losses import DiceCELoss, DiceLoss
-
         return DiceLoss(sigmoid=True) if cfg.loss == "dice" else DiceCELoss(sigmoid=True)
 
     def sampler(self, cfg: TrainConfig, train: Any) -> Sampler:
-        from medinfer.data.augment import augment_batch, paper_augmentation
-
         aug = paper_augmentation(cfg.augment_prob, seed=cfg.seed)
 
         def draw(rng: np.random.Generator) -> Iterator[Batch]:
@@ -143,14 +147,9 @@ class ClassificationRecipe(Recipe[ClassifyConfig]):
     @staticmethod
     def classes(cfg: ClassifyConfig) -> tuple[str, ...]:
         """The configured classes, or the 14 NIH findings."""
-        from medinfer.data.labels import NIH_FINDINGS
-
         return tuple(cfg.classes or NIH_FINDINGS)
 
     def split(self, cfg: ClassifyConfig) -> Split:
-        from medinfer.data.labels import read_labels, split_by_patient
-        from medinfer.train.classify import int_or_str
-
         records = read_labels(cfg.data, self.classes(cfg))
         if cfg.limit:
             records = sorted(records, key=lambda r: r.name)[: cfg.limit]
@@ -160,18 +159,12 @@ class ClassificationRecipe(Recipe[ClassifyConfig]):
                                                  test=patients[2]))
 
     def load(self, cfg: ClassifyConfig, items: list[Any], progress: Progress = None) -> Any:
-        from medinfer.data.labels import load_labeled
-
         return load_labeled(items, cfg.preprocessing, self.classes(cfg), progress)
 
     def loss(self, cfg: ClassifyConfig, train: Any) -> torch.nn.Module:
-        from medinfer.train.classify import pos_weight
-
         return torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight(train.labels, cfg.pos_weight_max))
 
     def sampler(self, cfg: ClassifyConfig, train: Any) -> Sampler:
-        from medinfer.train.classify import affine_augmentation, augment_images
-
         aug = affine_augmentation(cfg.augment_prob, cfg.preprocessing.size[0], cfg.seed)
 
         def draw(rng: np.random.Generator) -> Iterator[Batch]:
@@ -188,8 +181,6 @@ class ClassificationRecipe(Recipe[ClassifyConfig]):
 
     def on_best(self, cfg: ClassifyConfig, art: ModelArtifact, engine: Engine, val: Any) -> None:
         """Per class, the validation threshold maximizing Youden's J (stored in the artifact)."""
-        from medinfer.train.classify import youden_thresholds
-
         art.spec.thresholds = youden_thresholds(_probabilities(engine, val.images), val.labels,
                                                 self.classes(cfg))
 
@@ -208,8 +199,6 @@ class VolumeRecipe(Recipe[VolumeTrainConfig]):
     unit = "windows"
 
     def split(self, cfg: VolumeTrainConfig) -> Split:
-        from medinfer.data.volumes import find_volume_pairs
-
         pairs = find_volume_pairs(cfg.data)
         val = [p for p in pairs if p.name.startswith(cfg.val_prefixes)]
         train = [p for p in pairs if p not in val]
@@ -221,21 +210,15 @@ class VolumeRecipe(Recipe[VolumeTrainConfig]):
                                                val=[p.name for p in val]))
 
     def load(self, cfg: VolumeTrainConfig, items: list[Any], progress: Progress = None) -> Any:
-        from medinfer.data.volumes import load_volumes
-
         return load_volumes(items, cfg.preprocessing, progress)
 
     def loss(self, cfg: VolumeTrainConfig, train: Any) -> torch.nn.Module:
-        from monai.losses import DiceCELoss
-
         return DiceCELoss(sigmoid=True)
 
     def epoch_samples(self, cfg: VolumeTrainConfig, train: Any) -> int:
         return cfg.windows_per_volume * len(train)
 
     def sampler(self, cfg: VolumeTrainConfig, train: Any) -> Sampler:
-        from medinfer.data.volumes import sample_windows
-
         n_windows = self.epoch_samples(cfg, train)
         size = tuple(cfg.preprocessing.size)
 
