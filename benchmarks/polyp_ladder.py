@@ -31,6 +31,7 @@ from medinfer.report.tables import ladder_markdown, ladder_table
 from medinfer.runtime import EngineOptions
 from medinfer.runtime.bench import DEFAULT_VARIANTS, run_bench
 from medinfer.runtime.measure import MeasureSettings
+from medinfer.tasks import task_for
 
 
 def main() -> None:
@@ -60,7 +61,8 @@ def main() -> None:
                                runs_single=args.runs_single, requests=args.requests)
     with console.status("bench") as status:
         result = run_bench(art, DEFAULT_VARIANTS, settings, command,
-                           on_variant=lambda n: status.update(f"bench: {n}"), rounds=args.rounds)
+                           on_variant=lambda n: status.update(f"bench: {n}"), rounds=args.rounds,
+                           metric_columns=task_for(art).columns)
     console.print(ladder_table(result))
     report = build_report(art, result, val_dir, args.work / "report.html", threads=args.threads)
     payload = json.loads(result.to_json())

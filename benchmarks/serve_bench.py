@@ -47,7 +47,7 @@ from rich.logging import RichHandler
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "serve"))
 from orthanc_pacs import Orthanc
-from serve_helpers import free_port, mr_slice
+from serve_helpers import free_port
 
 log = logging.getLogger("serve_bench")
 
@@ -55,12 +55,14 @@ log = logging.getLogger("serve_bench")
 def bench_seg(shape: tuple[int, int, int] = (512, 512, 300), n_segments: int = 5,
               labelmap: bool = False) -> dict:
     """Seconds to write a binary SEG for a ``shape`` label map with ``n_segments`` labels."""
-    from medinfer.serve.results import write_seg
+    from medinfer.data.synthetic import dicom_slice
+    from medinfer.io.derived import write_seg
 
     rows, cols, n = shape
     study, series = generate_uid(), generate_uid()
     px = np.zeros((rows, cols), np.uint16)
-    sources = [mr_slice(px, 1.0 * k, study, series, k + 1) for k in range(n)]
+    sources = [dicom_slice(px, position=(0.0, 0.0, 1.0 * k), instance=k + 1, series_uid=series,
+                           study_uid=study) for k in range(n)]
     mask = np.zeros(shape, np.uint8)
     rng = np.random.default_rng(0)
     for label in range(1, n_segments + 1):  # one ball-ish blob per segment

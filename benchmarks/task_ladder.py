@@ -35,9 +35,12 @@ from medinfer.runtime import EngineOptions
 from medinfer.runtime.bench import run_bench
 from medinfer.runtime.measure import MeasureSettings
 from medinfer.runtime.peak import int8_matmul_peak, model_macs
+from medinfer.tasks import task_for
+from medinfer.variants import Quantization, kinds
 
-VARIANTS = ("torch-fp32", "onnxruntime-fp32", "openvino-fp32", "onnxruntime-int8", "openvino-int8",
-            "openvino-int8-ac")
+# the four-step ladder's variants (dynamic INT8 left out), floating point first
+VARIANTS = tuple(k.name for k in sorted(kinds(optimized=True), key=lambda k: k.is_int8)
+                 if k.quantization is not Quantization.DYNAMIC)
 
 
 def ladder_steps(result: dict, int8: str, primary: str) -> list[dict]:
@@ -86,7 +89,8 @@ def main() -> None:
     built = {v.name for v in art.spec.variants} | {"torch-fp32"}
     with console.status("bench") as status:
         result = run_bench(art, [v for v in VARIANTS if v in built], settings, command,
-                           on_variant=lambda n: status.update(f"bench: {n}"), rounds=args.rounds)
+                           on_variant=lambda n: status.update(f"bench: {n}"), rounds=args.rounds,
+                           metric_columns=task_for(art).columns)
     console.print(ladder_table(result))
     payload = json.loads(result.to_json())
     primary = art.spec.training.optimize.get("primary", "dice")

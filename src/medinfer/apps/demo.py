@@ -23,6 +23,7 @@ from medinfer.report.tables import ladder_table
 from medinfer.runtime import EngineOptions
 from medinfer.runtime.bench import DEFAULT_VARIANTS, run_bench
 from medinfer.runtime.measure import MeasureSettings
+from medinfer.tasks import task_for
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def run_demo(cfg: DemoConfig, console: Console) -> Path:
                                      options=EngineOptions(threads=cfg.threads), latency_runs=3), step)
         settings = MeasureSettings(threads=cfg.threads, runs_batch=5, runs_single=20, requests=32)
         result = run_bench(art, DEFAULT_VARIANTS, settings, command="medinfer demo",
+                           metric_columns=task_for(art).columns,
                            on_variant=lambda n: step(f"bench {n} (own process)"))
         (cfg.work / "bench.json").write_text(result.to_json() + "\n")
         step("write HTML report")

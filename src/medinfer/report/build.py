@@ -38,7 +38,7 @@ def build_report(art: ModelArtifact, bench: BenchmarkResult, val_dir: str | Path
         from medinfer.report.explain import false_positive_section  # captum: only for classifiers
 
         extra = false_positive_section(art, val_dir, n=n_overlays)
-    return render_report(bench, art, examples, Path(out), task.primary, extra_html=extra)
+    return render_report(bench, art, examples, Path(out), task.columns[0][1], extra_html=extra)
 
 
 def _outputs(task: Task, val_dir: Path, variants: list[str], n: int, threads: int):
