@@ -172,17 +172,12 @@ def read_job_input(job: LeasedJob) -> Any:
 
 
 def summarize(pred: Any) -> dict[str, object]:
-    """Small JSON summary of a prediction for the job record: voxels per segment, or the
-    findings above threshold."""
-    out: dict[str, object] = {"task": pred.task, "artifact": pred.artifact,
-                              "variant": pred.variant}
-    if pred.mask is not None:
-        counts = np.bincount(np.asarray(pred.mask, np.uint8).ravel(), minlength=256)
-        out["segments"] = {name: int(counts[v]) for v, name in pred.segments.items()}
+    """The prediction's summary for the job record (no timings; scores rounded, the findings
+    above threshold sorted)."""
+    out = {k: v for k, v in pred.summary().items() if k != "seconds"}
     if pred.scores:
         out["scores"] = {k: round(float(v), 4) for k, v in pred.scores.items()}
-        out["findings"] = sorted(k for k, v in pred.scores.items()
-                                 if v >= pred.thresholds.get(k, 0.5))
+        out["findings"] = sorted(pred.positive)
     return out
 
 

@@ -13,7 +13,7 @@ import json
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -208,11 +208,12 @@ class Task(ABC):
 
     @abstractmethod
     def infer(self, engine: Engine, x: np.ndarray) -> np.ndarray:
-        """Run the inference strategy (resize, sliding window, exact tiling) on a prepared input."""
+        """Run the inference strategy (resize, sliding window, exact tiling) on a prepared
+        input; the outputs of the one image, without a batch axis (e.g. (K, H, W) logits)."""
 
     @abstractmethod
     def postprocess(self, outputs: np.ndarray, image: Image) -> Prediction:
-        """Network outputs -> a Prediction in ``image``'s own geometry (timings left empty)."""
+        """:meth:`infer`'s outputs -> a Prediction in ``image``'s own geometry (timings left empty)."""
 
     def predict(self, engine: Engine, image: Image, variant: str = "") -> Prediction:
         """prepare -> infer -> postprocess for one image, each stage timed."""
@@ -224,9 +225,8 @@ class Task(ABC):
         t2 = time.perf_counter()
         pred = self.postprocess(y, image)
         t3 = time.perf_counter()
-        return Prediction(**{**pred.__dict__, "artifact": self.art.root.name, "variant": variant,
-                             "seconds": {"preprocess": t1 - t0, "infer": t2 - t1,
-                                         "postprocess": t3 - t2}})
+        return replace(pred, artifact=self.art.root.name, variant=variant,
+                       seconds={"preprocess": t1 - t0, "infer": t2 - t1, "postprocess": t3 - t2})
 
     # -- many cases: metrics and gate ------------------------------------------------
     @abstractmethod
@@ -291,7 +291,7 @@ class PictureTask(Task):
         return prepare_batch([image.array], self.spec)
 
     def infer(self, engine: Engine, x: np.ndarray) -> np.ndarray:
-        return engine.infer(x)
+        return engine.infer(x)[0]
 
     def outputs(self, infer: Infer, data: Any) -> list[np.ndarray]:
         return batched(infer, data.images)

@@ -48,7 +48,7 @@ class Classification(PictureTask):
         return load_labeled(records[:limit] if limit else records, self.spec, self.art.spec.classes)
 
     def postprocess(self, outputs: np.ndarray, image: Image) -> Prediction:
-        probs = sigmoid(outputs[0])
+        probs = sigmoid(outputs)
         return Prediction(self.name, scores={c: float(p) for c, p in zip(self.classes, probs)},
                           thresholds=dict(self.art.spec.thresholds))
 

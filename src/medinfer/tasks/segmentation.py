@@ -58,7 +58,7 @@ class SegmentationTask(Task):
         return {"dice": s.dice, "iou": s.iou, "n": float(s.n)}
 
     def postprocess(self, outputs: np.ndarray, image: Image) -> Prediction:
-        labels = labels_from_logits(outputs[0] if outputs.ndim == image.array.ndim + 1 else outputs)
+        labels = labels_from_logits(outputs)
         if labels.shape != image.spatial_shape:
             labels = resize_mask(labels, image.spatial_shape)
         return Prediction(self.name, mask=labels, segments=self.segments)
