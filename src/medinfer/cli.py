@@ -51,12 +51,6 @@ def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False) -> 
     logging.getLogger("medinfer").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def _fail(exc: MedinferError) -> typer.Exit:
-    """For errors raised inside a command's own code path that is not a MedinferError."""
-    console.print(f"[red]error:[/red] {exc}")
-    return typer.Exit(code=2)
-
-
 def _emit_json(payload: dict, out: Path | None) -> None:
     text = json.dumps(payload, indent=2)
     typer.echo(text)
@@ -102,13 +96,8 @@ def train(
 
     flags = flags_from_params(ctx.params)
     given = [n for n in ctx.params if ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
-    command = "medinfer " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    try:
-        cfg = build_config(config, set_ or [], flags, given)
-        result = run_training(cfg, command=command)
-    except MedinferError as exc:
-        raise _fail(exc) from exc
-    console.print(summary(cfg, result.metrics, result.best_epoch))
+    result = run_training(build_config(config, set_ or [], flags, given), command=_command())
+    console.print(summary(result.artifact, result.best_epoch))
 
 
 def _load_artifact(path: Path):

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-from medinfer.errors import MedinferError
 
 serve_app = typer.Typer(add_completion=False, invoke_without_command=True,
                         help="DICOM inference service (DIMSE + DICOMweb + REST + web page).")
@@ -21,11 +20,7 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="Service config 
 def _load(config: Path, **overrides: object):  # -> ServeConfig
     from medinfer.serve.config import load_config
 
-    try:
-        return load_config(config, **overrides)
-    except MedinferError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    return load_config(config, **overrides)  # a MedinferError ends in the CLI's one handler
 
 
 @serve_app.callback()

@@ -36,7 +36,9 @@ from pydantic import TypeAdapter, ValidationError
 
 from medinfer.data.labels import is_labeled_folder
 from medinfer.data.volumes import is_volume_folder
+from medinfer.artifact import ModelArtifact
 from medinfer.errors import InputError, MedinferError
+from medinfer.tasks import task_for
 from medinfer.train.config import TASKS, AnyTrainConfig, FitConfig
 
 _ADAPTER: TypeAdapter[FitConfig] = TypeAdapter(AnyTrainConfig)
@@ -248,14 +250,9 @@ def build_config(config: Path | None, sets: Sequence[str], flags: TrainFlags,
     return validate(raw)
 
 
-def summary(cfg: FitConfig, metrics: Mapping[str, float], best_epoch: int | None) -> str:
-    """The line ``medinfer train`` prints when done."""
-    nan = float("nan")
-    if cfg.task == "classification":
-        scores = (f"val mean AUC {metrics.get('mean_auc', nan):.4f} "
-                  f"abnormal AUC {metrics.get('abnormal_auc', nan):.4f}")
-    elif cfg.task == "segmentation3d":
-        scores = f"held-out Dice {metrics.get('dice', nan):.4f}"
-    else:
-        scores = f"val Dice {metrics.get('dice', nan):.4f} IoU {metrics.get('iou', nan):.4f}"
-    return f"best epoch {best_epoch}: {scores} -> {cfg.out}"
+def summary(art: ModelArtifact, best_epoch: int | None) -> str:
+    """The line ``medinfer train`` prints when done: the best epoch's validation metrics, in
+    the task's own columns."""
+    metrics = art.spec.metrics
+    scores = " ".join(f"{h} {metrics.get(k, float('nan')):.4f}" for k, h in task_for(art).columns)
+    return f"best epoch {best_epoch}: val {scores} -> {art.root}"
