@@ -13,7 +13,7 @@ import numpy as np
 from medinfer.artifact import ModelArtifact
 from medinfer.report.tables import columns, ladder_rows, metric_keys
 from medinfer.runtime.bench import BenchmarkResult
-from medinfer.tasks import Example
+from medinfer.tasks import Example, task_for
 from medinfer.variants import REFERENCE
 
 
@@ -63,8 +63,14 @@ def ladder_chart(bench: BenchmarkResult) -> str:
     return out
 
 
+# Published figures a shipped architecture is compared with: (label, value of the primary metric).
+_REFERENCE_LINES = {"densenet121": ("seed CheXNet mean AUC 0.843 (112k full-size images)", 0.843),
+                    "resunet": ("paper ResUNet Dice 0.8162", 0.8162)}
+
+
 def learning_curve(art: ModelArtifact) -> str | None:
-    """Validation Dice/IoU and training loss per epoch (base64 PNG), if the artifact has a history."""
+    """The task's validation metrics per validated epoch (base64 PNG), with the published
+    figure the architecture is compared with; None without a history."""
     history = art.spec.training.validated()
     if not history:
         return None
@@ -74,21 +80,12 @@ def learning_curve(art: ModelArtifact) -> str | None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
-    if art.spec.task == "classification":
-        ep = [h.epoch for h in history]
-        ax.plot(ep, [h.metrics.get("mean_auc", float("nan")) for h in history], label="validation mean AUC")
-        ax.plot(ep, [h.metrics.get("abnormal_auc", float("nan")) for h in history],
-                label="validation abnormal AUC")
-        ax.axhline(0.843, ls="--", c="grey", lw=1, label="seed CheXNet mean AUC 0.843 (112k full-size images)")
-    else:  # 3D training validates every few epochs: plot the epochs that have a score
-        scored = [h for h in history if "dice" in h.metrics]
-        ep = [h.epoch for h in scored]
-        ax.plot(ep, [h.metrics["dice"] for h in scored], label="validation Dice")
-        ax.plot(ep, [h.metrics.get("iou", float("nan")) for h in scored], label="validation IoU")
-        if art.spec.architecture == "resunet":
-            ax.plot(ep, [1 - h.train_loss if h.train_loss is not None else float("nan") for h in scored],
-                    label="1 − training Dice loss", alpha=0.6)
-            ax.axhline(0.8162, ls="--", c="grey", lw=1, label="paper ResUNet Dice 0.8162")
+    ep = [h.epoch for h in history]
+    for key, header in task_for(art).columns:
+        ax.plot(ep, [h.metrics.get(key, float("nan")) for h in history], label=f"validation {header}")
+    if art.spec.architecture in _REFERENCE_LINES:
+        label, value = _REFERENCE_LINES[art.spec.architecture]
+        ax.axhline(value, ls="--", c="grey", lw=1, label=label)
     ax.set_xlabel("epoch")
     ax.set_ylim(0, 1)
     ax.legend(loc="lower right", fontsize=8)
