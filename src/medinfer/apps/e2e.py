@@ -43,7 +43,7 @@ def time_variant(art: ModelArtifact, variant: str, inputs: Sequence[Path], out_d
                  options: EngineOptions = EngineOptions(), warmup: int = 1,
                  on_input: Callable[[], None] = lambda: None) -> StageTimes:
     """Run every input through ``variant`` and time each stage of each request; ``write`` is
-    what ``medinfer predict`` writes for it."""
+    what a caller keeps (the task's result files and JSON summary, no overlay picture)."""
     rec = variant_by_name(art, variant)
     samples: dict[str, list[float]] = {s: [] for s in STAGES}
     with Predictor.open(art, rec.backend, rec.precision, options) as predictor:
@@ -54,7 +54,7 @@ def time_variant(art: ModelArtifact, variant: str, inputs: Sequence[Path], out_d
             pred = predictor.predict(image)
             t2 = time.perf_counter()
             predictor.write(pred, image, out_dir, WriteOptions(stem=f"{variant}_{stem(Path(path))}",
-                                                               dicom=False))
+                                                               dicom=False, overlay=False))
             t3 = time.perf_counter()
             if i < warmup:
                 continue
