@@ -89,3 +89,29 @@ def test_optimize_gates_the_plugin_on_its_own_metric(plugin, tmp_path: Path) -> 
     assert "accuracy gate" in out
     loaded = ModelArtifact.load(copy.root)
     assert loaded.spec.chosen and all("accuracy" in v.metrics for v in loaded.spec.variants)
+
+
+def test_the_service_serves_the_plugin(plugin, tmp_path: Path) -> None:
+    """An uploaded picture routed to the plugin's artifact: a worker writes the task's files."""
+    from medinfer.serve.config import ServeConfig
+    from medinfer.serve.ingest import Receiver
+    from medinfer.serve.models import Job, Result
+    from medinfer.serve.store import Store
+    from medinfer.serve.worker import Worker
+
+    art, val = plugin
+    cfg = ServeConfig.model_validate({
+        "storage": tmp_path / "storage", "log_format": "text",
+        "routes": [{"name": "bright", "artifact": str(art.root), "match": {"formats": ["png"]}}]})
+    store = Store(cfg.db_url)
+    receiver = Receiver(cfg, store)
+    study = receiver.accept_image_bytes((val / "images" / "3.png").read_bytes(), "png", "test", "3.png")
+    [job_id] = receiver.close_study(study)
+    assert Worker(cfg, store, "w").run_once()
+    with store.session() as s:
+        job = s.get(Job, job_id)
+        assert job.state == "done", job.error
+        kinds = {r.kind: r.path for r in s.query(Result).filter_by(job_id=job_id)}
+    assert set(kinds) == {"bright", "json"}
+    assert json.loads(Path(kinds["bright"]).read_text()) == {"bright": True}
+    store.close()
