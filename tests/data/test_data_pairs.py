@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from medinfer.data.pairs import (
@@ -18,7 +17,7 @@ from medinfer.data.pairs import (
     materialize_pairs,
     split_pairs,
 )
-from medinfer.data.preprocess import logits_to_mask, normalize, prepare_batch, to_channels
+from medinfer.data.preprocess import normalize, prepare_batch, to_channels
 from medinfer.data.spec import Preprocessing
 from medinfer.data.synthetic import box_mask, write_kvasir_pairs
 from medinfer.errors import InputError
@@ -174,20 +173,6 @@ def test_real_kvasir_pairs(tmp_path: Path, shared_path) -> None:
 
 
 # --- preprocessing helpers ---------------------------------------------------------------------
-
-def test_logits_to_mask_threshold_semantics() -> None:
-    logits = np.array([[[[0.0, 1e-3, -1e-3, 50.0, -50.0, 1e4, -1e4]]]], np.float32)
-    got = logits_to_mask(logits)
-    # sigmoid(0) = 0.5 is not > 0.5; large logits must not overflow
-    np.testing.assert_array_equal(got, [[[False, True, False, True, False, True, False]]])
-    assert got.shape == (1, 1, 7) and got.dtype == np.bool_
-    # threshold 0.8 <=> logit > log(4) ~ 1.386
-    np.testing.assert_array_equal(logits_to_mask(np.array([[[[1.0, 1.38, 1.39, 2.0]]]]), 0.8),
-                                  [[[False, False, True, True]]])
-    # torch tensors (with grad) work too; channel 0 is taken
-    t = torch.tensor([[[[0.5, -0.5]], [[-9.0, 9.0]]]], requires_grad=True)
-    np.testing.assert_array_equal(logits_to_mask(t), [[[True, False]]])
-
 
 def test_to_channels_and_prepare_batch() -> None:
     grey = np.arange(12, dtype=np.float32).reshape(1, 3, 4)

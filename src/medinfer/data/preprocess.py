@@ -6,7 +6,6 @@ serving, so a variant is never fed differently from how it was trained.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 from monai.transforms import Resize
@@ -52,11 +51,3 @@ def prepare_batch(images: list[np.ndarray], spec: Preprocessing) -> np.ndarray:
     """Raw (C, H, W) images of any size -> network batch (N, C, *spec.size) float32."""
     out = [prepare_image(im, spec) for im in images]
     return np.stack(out) if out else np.zeros((0, spec.channels, *spec.size), np.float32)
-
-
-def logits_to_mask(logits: Any, threshold: float = 0.5) -> np.ndarray:
-    """Binary masks from (N, 1, H, W) logits (array or tensor): sigmoid > threshold; bool (N, H, W)."""
-    arr = logits.detach().cpu().numpy() if hasattr(logits, "detach") else np.asarray(logits)
-    # sigmoid(x) > t  <=>  x > logit(t); avoids overflow in exp for large logits.
-    cut = float(np.log(threshold / (1.0 - threshold)))
-    return arr[:, 0] > cut
