@@ -116,7 +116,6 @@ def test_explicit_file_list_rejects_non_dicom(tmp_path: Path, write_dicom_slice)
     ("name", "reason_part"),
     [
         ("MR_truncated.dcm", "pixel data"),  # Pixel Data shorter than Rows x Columns
-        ("JPGExtended.dcm", "decode"),  # 12-bit JPEG: Pillow cannot, no other plugin
         ("JPEG2000-embedded-sequence-delimiter.dcm", "decode"),  # corrupt codestream
         ("rtplan.dcm", "no pixel data"),  # valid DICOM without an image
         ("test-SR.dcm", "no pixel data"),
@@ -129,6 +128,17 @@ def test_explicit_file_list_rejects_non_dicom(tmp_path: Path, write_dicom_slice)
 def test_pydicom_bad_files(shared_path, name: str, reason_part: str) -> None:
     err = _raises_naming(shared_path(f"{TESTFILES}/{name}"))
     assert reason_part in err.reason
+
+
+def test_12_bit_jpeg_decodes_with_libjpeg_and_is_named_without(shared_path) -> None:
+    """12-bit JPEG Extended: Pillow cannot and GDCM refuses; libjpeg (the jpeg-extended extra) can."""
+    path = shared_path(f"{TESTFILES}/JPGExtended.dcm")
+    try:
+        import libjpeg  # noqa: F401
+    except ImportError:
+        assert "decode" in _raises_naming(path).reason
+    else:
+        assert read_image(path).array.ndim == 3
 
 
 @pytest.mark.parametrize(

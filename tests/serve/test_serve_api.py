@@ -257,7 +257,7 @@ def test_metrics_and_openapi(service) -> None:
     assert 'medinfer_jobs{state="done"} 1.0' in text
     assert "medinfer_job_seconds_count 1.0" in text
     assert "medinfer_job_failures_total 0.0" in text
-    spec = client.get("/openapi.json").json()
+    spec = client.get("/openapi.json", headers=auth(tokens["read"])).json()  # behind a token
     assert {"/health", "/api/v1/studies", "/dicom-web/studies", "/api/v1/jobs/{job_id}",
             "/api/v1/results/{result_id}", "/metrics"} <= set(spec["paths"])
 

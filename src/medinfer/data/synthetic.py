@@ -9,7 +9,9 @@ Every writer is deterministic for a given ``seed`` and returns what it wrote:
 - :func:`write_volume_pairs`: NIfTI volumes, ``DIR/images/*.nii.gz`` + ``DIR/masks``
   (read by :func:`medinfer.data.volumes.find_volume_pairs`);
 - :func:`mr_series` / :func:`write_mr_series`: a DICOM MR series, in memory or as files
-  (read by :func:`medinfer.io.read_dicom_series`), built from :func:`dicom_slice`.
+  (read by :func:`medinfer.io.read_dicom_series`), built from :func:`dicom_slice`;
+- :func:`endoscopy_frame`: one RGB endoscopy frame as an endoscope's video processor sends
+  it (VL Endoscopic or Video Endoscopic Image Storage, no patient geometry).
 
 Only numpy and Pillow are imported here; nibabel and pydicom are imported by the functions
 that need them, and torch never is.
@@ -219,6 +221,47 @@ def dicom_slice(pixels: np.ndarray, *,
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PixelData = np.ascontiguousarray(pixels, dtype="<u2").tobytes()
+    return ds
+
+
+VL_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1"  # VL Endoscopic Image Storage (single frame)
+VIDEO_ENDOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.1.1"  # Video Endoscopic Image Storage
+
+
+def endoscopy_frame(pixels: np.ndarray, *, study_uid: str | None = None,
+                    sop_class: str = VL_ENDOSCOPIC, number_of_frames: bool | None = None,
+                    series_uid: str | None = None) -> Dataset:
+    """One uncompressed RGB endoscopy frame (Modality ES), as a video processor sends it.
+
+    No frame of reference, ImagePositionPatient/Orientation or PixelSpacing: endoscopy
+    images have no patient geometry.
+
+    Args:
+        pixels: ``(rows, columns, 3)`` uint8 RGB.
+        study_uid: StudyInstanceUID (a new UID by default); patient and study modules are
+            filled as :func:`dicom_slice` fills them.
+        sop_class: :data:`VL_ENDOSCOPIC` (single frame) or :data:`VIDEO_ENDOSCOPIC` (a
+            multi-frame IOD, here with one frame).
+        number_of_frames: write NumberOfFrames = 1; default: for the Video class only.
+        series_uid: SeriesInstanceUID (a new UID by default).
+    """
+    from pydicom.uid import generate_uid
+
+    rgb = np.ascontiguousarray(pixels, dtype=np.uint8)
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ValueError(f"endoscopy_frame needs (rows, columns, 3) RGB, got {rgb.shape}")
+    ds = dicom_slice(rgb[..., 0], position=None, orientation=None, series_uid=series_uid,
+                     study_uid=study_uid or generate_uid(), modality="ES", sop_class=sop_class,
+                     description="colonoscopy")
+    del ds.FrameOfReferenceUID, ds.PixelSpacing
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.BodyPartExamined = "COLON"
+    if number_of_frames if number_of_frames is not None else sop_class == VIDEO_ENDOSCOPIC:
+        ds.NumberOfFrames = 1
+        ds.FrameTime, ds.FrameIncrementPointer = 40.0, 0x00181063  # Cine module: 25 frames/s
+    ds.PixelData = rgb.tobytes()
     return ds
 
 

@@ -54,6 +54,48 @@ def fill_type2(datasets: Sequence[Dataset]) -> list[Dataset]:
     return list(datasets)
 
 
+def _seg_sources(sources: Sequence[Dataset]) -> tuple[list[Dataset], bool]:
+    """The source instances as highdicom's SEG constructor can take them.
+
+    highdicom reads the geometry of a source whose IOD is multi-frame (Video Endoscopic,
+    Video Photographic, Multi-frame Secondary Capture, ...) from the enhanced functional
+    groups, which these classic multi-frame instances do not have: it fails with an
+    AttributeError (NumberOfFrames, SharedFunctionalGroupsSequence). A single frame
+    without patient geometry (an endoscopy frame) is given to it as one frame with
+    shared groups holding its PixelSpacing, in a shallow copy (the caller's dataset is
+    unchanged); highdicom then aligns the SEG to it pixel for pixel, as it does for a
+    single-frame VL Endoscopic image. Other sources are passed as they are.
+
+    Returns:
+        (the sources to pass, whether the SEG's Pixel Measures are a placeholder to
+        remove: the frame has no PixelSpacing, and a SEG without a frame of reference
+        needs none).
+    """
+    from pydicom.sequence import Sequence as DicomSequence
+
+    if len(sources) != 1:
+        return list(sources), False
+    src = sources[0]
+    classic_frame = ("SharedFunctionalGroupsSequence" not in src
+                     and "ImagePositionPatient" not in src
+                     and int(src.get("NumberOfFrames", 1) or 1) == 1)
+    if not classic_frame:
+        return [src], False
+    proxy = Dataset({elem.tag: elem for elem in src})  # own element dict: ``src`` unchanged
+    if getattr(src, "file_meta", None) is not None:
+        proxy.file_meta = src.file_meta
+    proxy.NumberOfFrames = 1
+    measures = Dataset()
+    spacing = src.get("PixelSpacing")
+    measures.PixelSpacing = list(spacing) if spacing is not None else [1.0, 1.0]
+    if "SliceThickness" in src:
+        measures.SliceThickness = src.SliceThickness
+    shared = Dataset()
+    shared.PixelMeasuresSequence = DicomSequence([measures])
+    proxy.SharedFunctionalGroupsSequence = DicomSequence([shared])
+    return [proxy], spacing is None
+
+
 def _frames(mask: np.ndarray, n_sources: int) -> np.ndarray:
     """Prediction mask -> highdicom's ``(frames, rows, cols)`` layout."""
     if mask.ndim == 2:
@@ -103,8 +145,9 @@ def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, 
     lut[labels] = np.arange(1, len(labels) + 1, dtype=np.uint8)
     pixels = lut[_frames(np.asarray(mask, np.uint8), len(sources))]
     uid = hd.UID()
+    images, placeholder = _seg_sources(fill_type2(sources))
     seg = hd.seg.Segmentation(
-        source_images=fill_type2(sources), pixel_array=pixels,
+        source_images=images, pixel_array=pixels,
         segmentation_type=(hd.seg.SegmentationTypeValues.LABELMAP if labelmap
                            else hd.seg.SegmentationTypeValues.BINARY),
         segment_descriptions=descriptions, series_instance_uid=hd.UID(),
@@ -112,6 +155,10 @@ def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, 
         manufacturer=MANUFACTURER, manufacturer_model_name=algorithm[:64],
         software_versions=_software(), device_serial_number="0",
         series_description=f"medinfer SEG {algorithm}"[:64])
+    if placeholder:
+        shared = seg.SharedFunctionalGroupsSequence[0]
+        if "PixelMeasuresSequence" in shared:
+            del shared.PixelMeasuresSequence
     out.parent.mkdir(parents=True, exist_ok=True)
     seg.save_as(out)
     return out, str(uid)

@@ -8,22 +8,30 @@ naming the file. Volume assembly and the array/geometry conventions live in
 
 from __future__ import annotations
 
+import io
 import logging
+import struct
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
 from medinfer.errors import InputError
+from medinfer.io.limits import ReadLimits, check_inflated_size, inflated_prefix
 
 __all__ = [
     "DicomSlice",
     "NotDicomError",
+    "check_decoded_size",
+    "check_deflated",
+    "check_deflated_stream",
+    "check_frames",
     "decode_frames",
+    "file_meta_end",
     "has_pixels",
     "is_dicomdir",
     "load_dataset",
@@ -39,6 +47,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _DICOMDIR_SOP = "1.2.840.10008.1.3.10"
+_DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+_LONG_VRS = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT",
+             b"UV")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _POSITION_TOL_MM = 1e-3
 
@@ -97,7 +108,7 @@ def _quiet_decoder_errors() -> Iterator[None]:
         target.removeFilter(flt)
 
 
-def load_dataset(path: str | Path) -> Any:
+def load_dataset(path: str | Path, limits: ReadLimits | None = None) -> Any:
     """Read one DICOM file (header and pixel bytes, not decoded).
 
     Files without the 128-byte preamble / File Meta Information are read with
@@ -106,12 +117,15 @@ def load_dataset(path: str | Path) -> Any:
 
     Args:
         path: the file.
+        limits: with limits, the header is read first (a Deflated file is inflated in
+            chunks, keeping nothing) and a file whose pixels would decode larger than
+            the limits is refused before its pixel bytes are read; None: no check.
 
     Returns:
         The ``pydicom.Dataset``.
 
     Raises:
-        InputError: missing file, not DICOM, or a damaged DICOM file.
+        InputError: missing file, not DICOM, a damaged DICOM file, or over ``limits``.
     """
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -119,12 +133,196 @@ def load_dataset(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "no such file" if not path.exists() else "not a regular file")
+    if limits is not None:
+        _check_file_header(path, limits)
     try:
         return pydicom.dcmread(path)
     except InvalidDicomError:
         return _read_without_meta(path)
     except Exception as exc:
         raise InputError(path, f"damaged or truncated DICOM file ({reason(exc)})") from exc
+
+
+def _check_file_header(path: Path, limits: ReadLimits) -> None:
+    """Refuse a file over ``limits`` from its header (its pixel bytes are not read).
+
+    A header that cannot be parsed is left to the full read, which names the damage.
+    """
+    import pydicom
+
+    try:
+        with path.open("rb") as fh:
+            ts, offset = file_meta_end(fh.read(64 * 1024))
+            if ts == _DEFLATED:  # pydicom would inflate all of it, even for the header
+                fh.seek(offset)
+                check_deflated_stream(path, fh, limits)
+                return
+    except OSError as exc:
+        raise InputError(path, f"cannot open file ({reason(exc)})") from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            header = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    except Exception:  # the full read that follows reports it, naming the damage
+        logger.debug("%s: header not readable for the size check", path, exc_info=True)
+        return
+    check_decoded_size(path, header, limits)
+
+
+def file_meta_end(head: bytes) -> tuple[str | None, int]:
+    """(Transfer Syntax UID, offset of the first dataset byte) of a DICOM Part 10 file.
+
+    Parses only the File Meta Information group (always explicit VR little endian), so a
+    Deflated dataset can be checked before a library inflates all of it.
+
+    Args:
+        head: the file's first bytes (at least the preamble and the meta group).
+
+    Returns:
+        ``(None, 0)`` for data without the preamble and ``DICM`` prefix.
+    """
+    if head[128:132] != b"DICM":
+        return None, 0
+    pos, ts = 132, None
+    while pos + 8 <= len(head):
+        group, element = struct.unpack_from("<HH", head, pos)
+        if group != 0x0002:
+            break
+        vr = head[pos + 4:pos + 6]
+        if vr in _LONG_VRS:
+            if pos + 12 > len(head):
+                break
+            length, start = struct.unpack_from("<I", head, pos + 8)[0], pos + 12
+        else:
+            length, start = struct.unpack_from("<H", head, pos + 6)[0], pos + 8
+        if element == 0x0010:
+            ts = head[start:start + length].decode("ascii", "replace").strip("\0 ")
+        pos = start + length
+    return ts, pos
+
+
+def check_deflated(path: str | Path, fh: BinaryIO, limits: ReadLimits | None) -> None:
+    """Refuse a Deflated DICOM file that inflates past ``limits`` (a no-op for others).
+
+    pydicom and pynetdicom inflate a Deflated dataset into memory in one piece, so a
+    megabyte of zeros becomes a gigabyte there; this inflates it in chunks, keeping
+    nothing, first.
+
+    Args:
+        path: the file (or label) to name in the error.
+        fh: the DICOM Part 10 file, positioned at its start (restored on return).
+        limits: the read limits (``max_bytes``); None: no check.
+
+    Raises:
+        InputError: the dataset inflates to more than :attr:`ReadLimits.max_inflated`.
+    """
+    if limits is None:
+        return
+    start = fh.tell()
+    try:
+        ts, offset = file_meta_end(fh.read(64 * 1024))
+        if ts == _DEFLATED:
+            fh.seek(start + offset)
+            check_deflated_stream(path, fh, limits)
+    finally:
+        fh.seek(start)
+
+
+def check_deflated_stream(path: str | Path, stream: BinaryIO, limits: ReadLimits | None) -> None:
+    """Refuse a Deflated dataset (the raw deflate stream after the meta group, or a
+    C-STORE's encoded dataset) over ``limits``, holding at most a few MiB of it inflated.
+
+    First the header, inflated from the stream's first MiB, is checked as
+    :func:`check_decoded_size` checks it; then the whole stream is inflated in chunks,
+    keeping nothing, and refused past :attr:`ReadLimits.max_inflated`.
+
+    Args:
+        path: the file (or label) to name in the error.
+        stream: positioned at the first deflated byte (restored on return).
+        limits: the read limits; None: no check.
+
+    Raises:
+        InputError: over a limit, or not a deflate stream.
+    """
+    if limits is None:
+        return
+    from pydicom.filereader import read_dataset
+
+    start = stream.tell()
+    try:
+        try:
+            head = inflated_prefix(stream)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                header = read_dataset(io.BytesIO(head), False, True,
+                                      stop_when=lambda tag, vr, length: tag >= 0x7FE00008)
+        except Exception:  # a header over a MiB, or damage: left to the full read / cap
+            logger.debug("%s: Deflated header not readable for the size check", path,
+                         exc_info=True)
+            header = None
+        if header is not None:
+            check_decoded_size(path, header, limits)
+        if limits.max_inflated is not None:
+            stream.seek(start)
+            check_inflated_size(path, stream, limits.max_inflated)
+    finally:
+        stream.seek(start)
+
+
+def check_decoded_size(path: str | Path, ds: Any, limits: ReadLimits | None,
+                       frames: int | None = None) -> None:
+    """Refuse a dataset whose pixels would decode larger than ``limits``, from its header.
+
+    The decoded size is Rows x Columns x frames x SamplesPerPixel (3 for palette colour,
+    which is expanded to RGB) x bytes per sample (BitsAllocated, or the palette's).
+
+    Args:
+        path: the file (or label) to name in the error.
+        ds: the dataset (its pixel data need not have been read).
+        limits: the read limits; None: no check.
+        frames: frames or slices of the volume it is part of (default: its NumberOfFrames).
+
+    Raises:
+        InputError: over a limit, or malformed Rows/Columns/NumberOfFrames.
+    """
+    if limits is None or "Rows" not in ds or "Columns" not in ds:
+        return
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.get("BitsAllocated", 8) or 8)
+        count = int(ds.get("NumberOfFrames", 1) or 1) if frames is None else frames
+    except (TypeError, ValueError) as exc:
+        raise InputError(path, f"malformed image size in the header ({reason(exc)})") from exc
+    if str(ds.get("PhotometricInterpretation", "")) == "PALETTE COLOR":
+        descriptor = ds.get("RedPaletteColorLookupTableDescriptor")
+        samples, bits = 3, 16 if descriptor is not None and int(descriptor[2]) > 8 else 8
+    limits.check(path, rows, cols, max(count, 1), samples, max(1, (bits + 7) // 8))
+
+
+def check_frames(path: str | Path, ds: Any) -> None:
+    """Decode a dataset's frames one at a time, keeping none: refuses undecodable pixels.
+
+    Memory stays at one decoded frame, however many frames the dataset holds.
+
+    Raises:
+        InputError: no decoder for the transfer syntax, or truncated/corrupt pixel data.
+    """
+    from pydicom.pixels import iter_pixels
+
+    if not has_pixels(ds):
+        return
+    try:
+        _ensure_transfer_syntax(ds)
+        _check_decoder(Path(path), ds.file_meta.TransferSyntaxUID)
+        with _quiet_decoder_errors():
+            for _ in iter_pixels(ds):
+                pass
+    except InputError:
+        raise
+    except Exception as exc:  # pydicom raises ValueError, AttributeError, NotImplementedError ...
+        raise InputError(path, f"pixel data cannot be decoded (truncated or damaged): "
+                               f"{reason(exc)}") from exc
 
 
 def _read_without_meta(path: Path) -> Any:

@@ -36,6 +36,7 @@ from medinfer.errors import InputError
 from medinfer.io.dicom import (
     DicomSlice,
     NotDicomError,
+    check_decoded_size,
     decode_frames,
     has_pixels,
     is_dicomdir,
@@ -48,6 +49,7 @@ from medinfer.io.dicom import (
     slice_gap,
 )
 from medinfer.io.image import Image
+from medinfer.io.limits import ReadLimits
 
 __all__ = ["read_dicom_file", "read_dicom_series"]
 
@@ -57,11 +59,13 @@ _POSITION_TOL_MM = 1e-3
 _ORIENTATION_TOL = 1e-4
 
 
-def read_dicom_file(path: str | Path) -> Image:
+def read_dicom_file(path: str | Path, limits: ReadLimits | None = None) -> Image:
     """Read one DICOM file.
 
     Args:
         path: a DICOM file (with or without File Meta Information).
+        limits: refuse a file whose pixels would decode larger than this, from its
+            header, before any pixel is decoded (None: no limit).
 
     Returns:
         A 2D image ``(C, rows, cols)`` for a single-frame file (spacing from
@@ -70,11 +74,12 @@ def read_dicom_file(path: str | Path) -> Image:
         for a multi-frame file (see the module docstring).
 
     Raises:
-        InputError: the file is missing, not DICOM, damaged, has no pixel data
-            or uses a transfer syntax no installed plugin can decode.
+        InputError: the file is missing, not DICOM, damaged, has no pixel data,
+            uses a transfer syntax no installed plugin can decode, or is over ``limits``.
     """
     path = Path(path)
-    ds = load_dataset(path)
+    ds = load_dataset(path, limits)
+    check_decoded_size(path, ds, limits)
     if num_frames(ds) > 1:
         slices = [DicomSlice(path, ds, i) for i in range(num_frames(ds))]
         return _build_volume(slices, path, from_series=False)
@@ -101,7 +106,8 @@ def read_dicom_file(path: str | Path) -> Image:
     )
 
 
-def read_dicom_series(source: str | Path | Sequence[str | Path]) -> Image:
+def read_dicom_series(source: str | Path | Sequence[str | Path],
+                      limits: ReadLimits | None = None) -> Image:
     """Read a DICOM series (a folder, or a list of one series' files) as a volume.
 
     In a folder, files that are not DICOM (and DICOMDIR / pixel-less DICOM
@@ -111,6 +117,9 @@ def read_dicom_series(source: str | Path | Sequence[str | Path]) -> Image:
     Args:
         source: a folder holding one series, one DICOM file, or a sequence of
             DICOM files of one series.
+        limits: refuse a file, or a series, whose pixels would decode larger than this
+            (rows x columns x slices x samples), from the headers, before any pixel is
+            decoded (None: no limit).
 
     Returns:
         An Image of shape ``(C, rows, cols, slices)`` in LPS geometry (see the
@@ -119,18 +128,19 @@ def read_dicom_series(source: str | Path | Sequence[str | Path]) -> Image:
     Raises:
         InputError: missing/empty folder, no readable DICOM, several
             SeriesInstanceUIDs, mixed Rows/Columns, duplicate slice positions,
-            or an unreadable/undecodable file (named in the message).
+            an unreadable/undecodable file (named in the message), or over ``limits``.
     """
     files, label, from_folder = _collect_files(source)
-    datasets = _read_datasets(files, label, from_folder)
+    datasets = _read_datasets(files, label, from_folder, limits)
     _check_single_series(datasets, label)
     if len(datasets) == 1 and num_frames(datasets[0][1]) > 1:
         path, ds = datasets[0]
         slices = [DicomSlice(path, ds, i) for i in range(num_frames(ds))]
-        return _build_volume(slices, label, from_series=False)
+        return _build_volume(slices, label, from_series=False, limits=limits)
     if any(num_frames(ds) > 1 for _, ds in datasets):
         raise InputError(label, "series mixes multi-frame files with other files; pass one file")
-    return _build_volume([DicomSlice(p, ds) for p, ds in datasets], label, from_series=True)
+    return _build_volume([DicomSlice(p, ds) for p, ds in datasets], label, from_series=True,
+                         limits=limits)
 
 
 def _collect_files(source: str | Path | Sequence[str | Path]) -> tuple[list[Path], Path, bool]:
@@ -151,15 +161,16 @@ def _collect_files(source: str | Path | Sequence[str | Path]) -> tuple[list[Path
     return files, files[0].parent, False
 
 
-def _read_datasets(files: list[Path], label: Path, from_folder: bool) -> list[tuple[Path, Any]]:
+def _read_datasets(files: list[Path], label: Path, from_folder: bool,
+                   limits: ReadLimits | None = None) -> list[tuple[Path, Any]]:
     """Load every file; in folder mode skip non-DICOM and pixel-less files with a warning."""
     out: list[tuple[Path, Any]] = []
     for path in files:
         if not from_folder:
-            out.append((path, load_dataset(path)))
+            out.append((path, load_dataset(path, limits)))
             continue
         try:
-            ds = load_dataset(path)
+            ds = load_dataset(path, limits)
         except NotDicomError as err:
             logger.warning("skipping %s", err)
             continue
@@ -201,9 +212,11 @@ def _check_sizes(slices: list[DicomSlice]) -> None:
             )
 
 
-def _build_volume(slices: list[DicomSlice], label: Path, from_series: bool) -> Image:
+def _build_volume(slices: list[DicomSlice], label: Path, from_series: bool,
+                  limits: ReadLimits | None = None) -> Image:
     """Sort, decode and stack slices into a ``(C, rows, cols, slices)`` Image."""
     _check_sizes(slices)
+    check_decoded_size(label, slices[0].ds, limits, frames=len(slices))
     ordered, direction, origin, gap = _order_slices(slices, label, from_series)
     first = ordered[0]
     in_plane = pixel_spacing(first)

@@ -1,30 +1,39 @@
 """The REST API, STOW-RS endpoint and metrics (FastAPI; OpenAPI at ``/docs`` and ``/openapi.json``).
 
 Every route but ``/health`` (and the web page's login form) needs an API token with
-the right scope; every submission and every read of a job or result is written to
-the audit trail.
+the right scope, the OpenAPI document and its page included (``read``); every
+submission and every read of a job or result is written to the audit trail. Uploads
+are read only once the token is checked. Ids and ``limit`` are validated (422), and
+every response carries the headers of :class:`~medinfer.serve.asgi.SecurityHeaders`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel
+from pydicom.dataset import Dataset
 from sqlalchemy import select
+from starlette.datastructures import UploadFile
 
 from medinfer.errors import InputError
-from medinfer.serve.asgi import AccessLog, BodySizeLimit
+from medinfer.serve.asgi import AccessLog, BodySizeLimit, SecurityHeaders
 from medinfer.serve.auth import Principal, require
 from medinfer.serve.config import ServeConfig
+from medinfer.serve.dimse import decodable_transfer_syntaxes
 from medinfer.serve.ingest import Receiver, check_pixels, detect_format, read_dicom_bytes
+from medinfer.serve.logs import redact
 from medinfer.serve.metrics import render_metrics
 from medinfer.serve.models import Delivery, Job, Result, Study
-from medinfer.serve.store import Store
+from medinfer.serve.store import JOB_STATES, MAX_ID, Store
 from medinfer.serve.stow import boundary_of, split_multipart
 
 __all__ = ["create_app"]
@@ -34,6 +43,15 @@ log = logging.getLogger(__name__)
 Reader = Annotated[Principal, Depends(require("read"))]
 Submitter = Annotated[Principal, Depends(require("submit"))]
 Admin = Annotated[Principal, Depends(require("admin"))]
+RowId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="a row id (1 .. 2^63-1)")]
+JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
+
+# What FastAPI would document for File()/Form() parameters; the endpoint reads the form
+# itself, after the token check, so an unauthenticated upload is never read.
+_UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["files"], "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "modality": {"type": "string", "default": ""}}}}}}
 
 
 class ResultOut(BaseModel):
@@ -83,11 +101,16 @@ class SubmitOut(BaseModel):
 
 
 class HealthOut(BaseModel):
+    """``status`` is ``degraded`` when the database fails or a destination is not ``ok``;
+    ``destinations``: per destination, how sending goes (state ok / failing / stalled,
+    pending, in flight, last error) when the service runs its delivery lanes."""
+
     status: str
     database: str
     dicom: str
     jobs: dict[str, int]
     deliveries: dict[str, int]
+    destinations: dict[str, dict[str, object]] = {}
 
 
 class TokenIn(BaseModel):
@@ -105,7 +128,7 @@ def _job_out(store: Store, job: Job, full: bool) -> JobOut:
     out = JobOut(id=job.id, study_id=job.study_id, route=job.route, state=job.state,
                  attempts=job.attempts, created_at=job.created_at, started_at=job.started_at,
                  finished_at=job.finished_at, seconds=job.seconds or {},
-                 summary=job.summary or {}, error=job.error)
+                 summary=job.summary or {}, error=redact(job.error))
     if full:
         with store.session() as s:
             results = list(s.scalars(select(Result).where(Result.job_id == job.id)))
@@ -139,13 +162,23 @@ def create_app(config: ServeConfig, store: Store, receiver: Receiver | None = No
         receiver: stores uploads (built from ``config``/``store`` when None).
         dicom_status: shown by ``/health`` (e.g. ``"MEDINFER@11112"``).
     """
+    from medinfer.serve.web import CSP
     from medinfer.serve.web import router as web_router
 
     receiver = receiver or Receiver(config, store)
     app = FastAPI(title="medinfer serve", version="1",
                   description="DICOM-native inference: submit studies, follow jobs, "
-                              "download DICOM SEG / SR / Secondary Capture results.")
+                              "download DICOM SEG / SR / Secondary Capture results.",
+                  docs_url=None, redoc_url=None, openapi_url=None)  # served below, with a token
     app.state.store, app.state.config, app.state.receiver = store, config, receiver
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi(who: Reader) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    def docs(who: Reader) -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="medinfer serve API")
 
     @app.get("/health", response_model=HealthOut, tags=["service"])
     def health() -> HealthOut:
@@ -154,23 +187,28 @@ def create_app(config: ServeConfig, store: Store, receiver: Receiver | None = No
             jobs, deliveries, db = store.job_counts(), store.delivery_counts(), "ok"
         except Exception as exc:  # the database is what health is about
             jobs, deliveries, db = {}, {}, f"error: {type(exc).__name__}"
-        return HealthOut(status="ok" if db == "ok" else "degraded", database=db,
-                         dicom=dicom_status, jobs=jobs, deliveries=deliveries)
+        health_of = getattr(app.state, "destination_health", None)
+        destinations = {name: {**asdict(h), "last_error": redact(h.last_error)}
+                        for name, h in (health_of() if health_of else {}).items()}
+        ok = db == "ok" and all(d["state"] == "ok" for d in destinations.values())
+        return HealthOut(status="ok" if ok else "degraded", database=db, dicom=dicom_status,
+                         jobs=jobs, deliveries=deliveries, destinations=destinations)
 
-    @app.post("/api/v1/studies", response_model=SubmitOut, status_code=202, tags=["jobs"])
-    async def submit(who: Submitter, files: Annotated[list[UploadFile], File()],
-                     modality: Annotated[str, Form()] = "") -> SubmitOut:
+    @app.post("/api/v1/studies", response_model=SubmitOut, status_code=202, tags=["jobs"],
+              openapi_extra={"requestBody": _UPLOAD_BODY})
+    async def submit(who: Submitter, request: Request) -> SubmitOut:
         """Submit one study: DICOM files of one study, or one PNG/JPEG/NIfTI image.
 
-        The study is routed at once; the answer names the jobs created (none when no
-        routing rule matched: ``state`` is then ``unrouted`` and ``note`` says why).
+        ``multipart/form-data`` with one ``files`` part per file and an optional
+        ``modality``. The study is routed at once; the answer names the jobs created (none
+        when no routing rule matched: ``state`` is then ``unrouted`` and ``note`` says why).
         """
-        payloads = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
+        payloads, modality = await _read_upload(request)
         try:
             study_id = await asyncio.to_thread(_accept_upload, receiver, payloads, who.name,
                                                modality)
         except InputError as exc:
-            store.audit(who.name, "submit-refused", "", str(exc))
+            store.audit(who.name, "submit-refused", "", redact(str(exc)))  # admins read it
             raise HTTPException(400, str(exc)) from exc
         jobs = await asyncio.to_thread(receiver.close_study, study_id)
         store.audit(who.name, "submit", f"study:{study_id}", f"{len(payloads)} files, jobs {jobs}")
@@ -206,16 +244,17 @@ def create_app(config: ServeConfig, store: Store, receiver: Receiver | None = No
         return JSONResponse(payload, status_code=status, media_type="application/dicom+json")
 
     @app.get("/api/v1/jobs", response_model=list[JobOut], tags=["jobs"])
-    def list_jobs(who: Reader, state: str | None = None, limit: int = 100) -> list[JobOut]:
-        """Most recent jobs first, optionally of one state."""
+    def list_jobs(who: Reader, state: JobState | None = None,
+                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[JobOut]:
+        """Most recent jobs first (at most ``limit``, 1..1000), optionally of one state."""
         with store.session() as s:
-            q = select(Job).order_by(Job.id.desc()).limit(min(limit, 1000))
+            q = select(Job).order_by(Job.id.desc()).limit(limit)
             if state:
                 q = q.where(Job.state == state)
             return [_job_out(store, j, full=False) for j in s.scalars(q)]
 
     @app.get("/api/v1/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
-    def get_job(who: Reader, job_id: int) -> JobOut:
+    def get_job(who: Reader, job_id: RowId) -> JobOut:
         """A job's state, timings, error, results and deliveries."""
         with store.session() as s:
             job = s.get(Job, job_id)
@@ -225,7 +264,7 @@ def create_app(config: ServeConfig, store: Store, receiver: Receiver | None = No
         return _job_out(store, job, full=True)
 
     @app.get("/api/v1/studies/{study_id}", response_model=StudyOut, tags=["jobs"])
-    def get_study(who: Reader, study_id: int) -> StudyOut:
+    def get_study(who: Reader, study_id: RowId) -> StudyOut:
         """A received study: state (receiving/complete/unrouted), routing note and jobs."""
         store.audit(who.name, "read-study", f"study:{study_id}")
         return _study_out(store, study_id)
@@ -233,7 +272,7 @@ def create_app(config: ServeConfig, store: Store, receiver: Receiver | None = No
     @app.get("/api/v1/results/{result_id}", tags=["jobs"],
              responses={200: {"content": {"application/dicom": {}, "image/png": {},
                                           "application/json": {}}}})
-    def get_result(who: Reader, result_id: int) -> FileResponse:
+    def get_result(who: Reader, result_id: RowId) -> FileResponse:
         """Download one result file (DICOM SEG/SR/SC, overlay PNG, mask, JSON)."""
         with store.session() as s:
             r = s.get(Result, result_id)
@@ -260,7 +299,36 @@ def create_app(config: ServeConfig, store: Store, receiver: Receiver | None = No
     app.include_router(web_router)
     app.add_middleware(BodySizeLimit, max_bytes=config.max_upload_bytes)
     app.add_middleware(AccessLog)
+    # Outermost, so that the size limit's own 413 answers carry the headers too.
+    app.add_middleware(SecurityHeaders, policies={"/ui": CSP, "/docs": "frame-ancestors 'none'"})
     return app
+
+
+async def _read_upload(request: Request) -> tuple[list[tuple[str, bytes]], str]:
+    """The ``files`` parts (name, bytes) and the ``modality`` field of a submission.
+
+    A body over the size limit ends in 413 (raised while it streams); a malformed
+    multipart body in 400.
+    """
+    if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
+        raise HTTPException(415, "expected multipart/form-data with one or more 'files' parts")
+    async with request.form() as form:
+        files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+        if not files:
+            raise HTTPException(422, "no 'files' part in the form")
+        payloads = [(f.filename or f"file{i}", await f.read()) for i, f in enumerate(files)]
+        modality = form.get("modality")
+    return payloads, modality if isinstance(modality, str) else ""
+
+
+def _check_transfer_syntax(ds: Dataset, name: str) -> None:
+    """Refuse, by name, an instance whose transfer syntax has no decoder installed here
+    (rather than letting the pixel check call it truncated or damaged)."""
+    meta = getattr(ds, "file_meta", None)
+    uid = meta.get("TransferSyntaxUID") if meta is not None else None
+    if uid and "PixelData" in ds and str(uid) not in decodable_transfer_syntaxes():
+        raise InputError(name, f"transfer syntax {uid.name} ({uid}) is not supported: "
+                               "no pixel data decoder for it is installed")
 
 
 def _accept_upload(receiver: Receiver, payloads: list[tuple[str, bytes]], sender: str,
@@ -279,12 +347,13 @@ def _accept_upload(receiver: Receiver, payloads: list[tuple[str, bytes]], sender
         return receiver.accept_image_bytes(data, fmt, sender, name, modality)
     datasets = []
     for name, data in payloads:  # validate every file before storing any
-        datasets.append((name, read_dicom_bytes(data, name)))
+        datasets.append((name, read_dicom_bytes(data, name, receiver.limits)))
+        _check_transfer_syntax(datasets[-1][1], name)
     studies = {str(ds.get("StudyInstanceUID", "")) for _, ds in datasets}
     if len(studies) != 1:
         raise InputError(payloads[0][0], f"files belong to {len(studies)} studies; submit one")
     for name, ds in datasets:
-        check_pixels(ds, name)
+        check_pixels(ds, name, receiver.limits)
     ids = {receiver.accept_dataset(ds, "upload", sender, name) for name, ds in datasets}
     return ids.pop()
 
@@ -299,7 +368,8 @@ def _accept_stow(receiver: Receiver, parts: list[tuple[dict[str, str], bytes]],
             failed.append(f"part {i}: unsupported Content-Type {ctype!r}")
             continue
         try:
-            ds = read_dicom_bytes(data, f"part {i}")
+            ds = read_dicom_bytes(data, f"part {i}", receiver.limits)
+            _check_transfer_syntax(ds, f"part {i}")
             receiver.accept_dataset(ds, "stow", sender, f"part {i}")
             stored.append(str(ds.SOPInstanceUID))
         except InputError as exc:

@@ -1,20 +1,30 @@
-"""Small pure-ASGI components (no BaseHTTPMiddleware): upload size limit and access log."""
+"""Small pure-ASGI components (no BaseHTTPMiddleware): upload size limit, security headers
+and access log."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Mapping
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["AccessLog", "BodySizeLimit"]
+__all__ = ["AccessLog", "BodySizeLimit", "SecurityHeaders"]
 
 log = logging.getLogger("medinfer.serve.access")
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised from ``receive`` when a streamed body crosses the limit.
+
+    An HTTPException, so that whoever reads the body (FastAPI's form parsing turns
+    other exceptions into 400) lets it through and the app answers 413 itself.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"request body larger than {max_bytes} bytes")
 
 
 class BodySizeLimit:
@@ -45,7 +55,7 @@ class BodySizeLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(self.max_bytes)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -66,6 +76,51 @@ class BodySizeLimit:
                                 (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": body})
+
+
+API_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+
+
+class SecurityHeaders:
+    """Add security headers to every HTTP response (those the app set itself are kept).
+
+    ``X-Content-Type-Options: nosniff``, ``X-Frame-Options: DENY``, ``Referrer-Policy:
+    no-referrer`` and ``Cache-Control: no-store`` (jobs and results concern patients; no
+    browser or proxy cache keeps them), and a Content-Security-Policy: the first of
+    ``policies`` (path prefix -> policy) whose prefix starts the path, else ``default``.
+
+    Args:
+        app: the wrapped app.
+        policies: e.g. ``{"/ui": "default-src 'none'; style-src 'sha256-...'"}``.
+        default: the policy of every other response (API JSON, DICOM files).
+    """
+
+    def __init__(self, app: ASGIApp, policies: Mapping[str, str] | None = None,
+                 default: str = API_CSP) -> None:
+        self.app, self.policies, self.default = app, dict(policies or {}), default
+
+    def _headers(self, path: str) -> list[tuple[bytes, bytes]]:
+        policy = next((p for prefix, p in self.policies.items() if path.startswith(prefix)),
+                      self.default)
+        return [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                (b"referrer-policy", b"no-referrer"), (b"cache-control", b"no-store"),
+                (b"content-security-policy", policy.encode())]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = self._headers(scope["path"])
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                present = {k.lower() for k, _ in headers}
+                headers += [(k, v) for k, v in extra if k not in present]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class AccessLog:

@@ -8,7 +8,6 @@ from typing import Annotated
 
 import typer
 
-
 serve_app = typer.Typer(add_completion=False, invoke_without_command=True,
                         help="DICOM inference service (DIMSE + DICOMweb + REST + web page).")
 token_app = typer.Typer(add_completion=False, no_args_is_help=True, help="API tokens.")

@@ -31,11 +31,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from medinfer.errors import InputError
+from medinfer.io.limits import ReadLimits
 
 __all__ = [
     "DestinationConfig",
     "DicomConfig",
     "HttpConfig",
+    "LimitsConfig",
     "MatchRule",
     "RouteConfig",
     "ServeConfig",
@@ -118,6 +120,39 @@ class HttpConfig(_Strict):
     max_upload_mb: float = 512.0
 
 
+class LimitsConfig(_Strict):
+    """The largest input the service decodes, checked from the header before any decoding.
+
+    An input over a limit is refused at the front door with the size and the limit (a
+    C-STORE failure status, a 400 for REST, a failed instance for STOW-RS), so a few
+    kilobytes of RLE, Deflate, PNG or gzip cannot expand into gigabytes in the service.
+
+    Attributes:
+        max_pixels: pixels (rows x columns) of one 2D image or frame (default 64 Mi, i.e.
+            8192 x 8192). Pillow's own guard also refuses pictures over
+            ``2 * PIL.Image.MAX_IMAGE_PIXELS`` (about 179 MP).
+        max_voxels: voxels of one volume: rows x columns x frames of a multi-frame
+            instance, or the first three axes of a NIfTI file (default 512^3).
+        max_frames: frames of one multi-frame instance or third axis of a NIfTI volume
+            (default 2048).
+        max_decoded_mb: decoded size of one input in MiB (voxels x samples x bytes per
+            sample; default 2048); also what a Deflated DICOM instance may inflate to
+            (plus 64 MiB).
+    """
+
+    max_pixels: int | None = Field(default=64 * 1024 * 1024, gt=0)
+    max_voxels: int | None = Field(default=512 ** 3, gt=0)
+    max_frames: int | None = Field(default=2048, gt=0)
+    max_decoded_mb: float | None = Field(default=2048.0, gt=0)
+
+    def read_limits(self) -> ReadLimits:
+        """The same limits as the readers take them (:class:`medinfer.io.limits.ReadLimits`)."""
+        mb = self.max_decoded_mb
+        return ReadLimits(max_pixels=self.max_pixels, max_voxels=self.max_voxels,
+                          max_frames=self.max_frames,
+                          max_bytes=None if mb is None else int(mb * 1024 * 1024))
+
+
 class DicomConfig(_Strict):
     """DIMSE front door (disabled while ``port`` is None).
 
@@ -156,13 +191,17 @@ class ServeConfig(_Strict):
         deidentify: apply the PS3.15 basic-profile subset before storing (see deid.py).
         seg_type: ``binary`` SEG (read by every SEG viewer) or ``labelmap`` (DICOM 2024;
             about twice as fast to write for many segments, larger uncompressed).
+        limits: the largest input decoded (:class:`LimitsConfig`).
         delivery_retry_seconds: first retry delay; doubles up to ``delivery_retry_max_seconds``.
+        delivery_threads: sends in flight at once, split evenly among the destinations
+            (at least one each), so a destination that hangs holds only its own share.
     """
 
     storage: Path = Path("runs/serve")
     database_url: str | None = None
     http: HttpConfig = Field(default_factory=HttpConfig)
     dicom: DicomConfig = Field(default_factory=DicomConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     quiet_seconds: float = 5.0
     routes: list[RouteConfig] = Field(default_factory=list)
     destinations: list[DestinationConfig] = Field(default_factory=list)
@@ -173,6 +212,7 @@ class ServeConfig(_Strict):
     seg_type: Literal["binary", "labelmap"] = "binary"
     delivery_retry_seconds: float = 2.0
     delivery_retry_max_seconds: float = 60.0
+    delivery_threads: int = Field(default=4, ge=1)
     log_format: Literal["json", "text"] = "json"
 
     @property

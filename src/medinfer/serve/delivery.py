@@ -6,20 +6,29 @@ as the destination is unreachable; only a destination that answers and refuses t
 object (a C-STORE failure status, an HTTP 4xx) marks it ``failed``. Delivery is
 at-least-once: a crash between sending and recording re-sends the same SOP instance,
 which a PACS stores once.
+
+The service sends in :class:`DeliveryLanes`: a few threads per destination, apart from
+the thread that closes studies, so a destination that hangs delays only its own
+deliveries; :meth:`DeliveryLanes.health` tells which destination hangs or fails.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
+from sqlalchemy import func, select
 
 from medinfer.serve.config import DestinationConfig, ServeConfig
 from medinfer.serve.store import Store
 
-__all__ = ["DeliveryError", "deliver_due", "send"]
+__all__ = ["DeliveryError", "DeliveryLanes", "DestinationHealth", "deliver_due",
+           "deliver_one", "send"]
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +91,39 @@ def send(dest: DestinationConfig, path: Path, calling_aet: str) -> None:
         send_stow(dest, path)
 
 
+def deliver_one(config: ServeConfig, store: Store, dest: DestinationConfig, delivery_id: int,
+                kind: str, path: str) -> str:
+    """Send one delivery and record the attempt (sent, retry later, or failed).
+
+    Returns:
+        ``""`` when it was sent, else the error (the delivery is then retried later, or
+        failed for good when the destination refused it).
+    """
+    try:
+        send(dest, Path(path), config.dicom.calling_ae_title)
+    except DeliveryError as exc:
+        error, retryable = str(exc), exc.retryable
+    except Exception as exc:  # e.g. an unreadable result file: kept pending, with backoff
+        log.exception("delivery raised", extra={"delivery": delivery_id, "destination": dest.name})
+        error, retryable = f"{type(exc).__name__}: {exc}", True
+    else:
+        store.mark_delivery(delivery_id, ok=True)
+        log.info("delivered", extra={"delivery": delivery_id, "destination": dest.name,
+                                     "kind": kind})
+        return ""
+    delay = min(config.delivery_retry_seconds * 2 ** _attempts(store, delivery_id),
+                config.delivery_retry_max_seconds)
+    store.mark_delivery(delivery_id, ok=False, error=error,
+                        retry_after=delay if retryable else None)
+    log.warning("delivery failed", extra={"delivery": delivery_id, "destination": dest.name,
+                                          "kind": kind, "error": error,
+                                          "retry_in_s": delay if retryable else None})
+    return error
+
+
 def deliver_due(config: ServeConfig, store: Store) -> int:
-    """Try every pending delivery whose retry time has come; returns how many were sent."""
+    """Try every pending delivery whose retry time has come, one after the other, in the
+    calling thread; returns how many were sent. (The service uses :class:`DeliveryLanes`.)"""
     dests = {d.name: d for d in config.destinations}
     sent = 0
     for delivery_id, name, kind, path in store.due_deliveries():
@@ -91,22 +131,193 @@ def deliver_due(config: ServeConfig, store: Store) -> int:
         if dest is None:
             store.mark_delivery(delivery_id, ok=False, error=f"destination {name!r} not configured")
             continue
-        try:
-            send(dest, Path(path), config.dicom.calling_ae_title)
-        except DeliveryError as exc:
-            attempts = _attempts(store, delivery_id)
-            delay = min(config.delivery_retry_seconds * 2 ** attempts,
-                        config.delivery_retry_max_seconds)
-            store.mark_delivery(delivery_id, ok=False, error=str(exc),
-                                retry_after=delay if exc.retryable else None)
-            log.warning("delivery failed", extra={"delivery": delivery_id, "destination": name,
-                                                  "kind": kind, "error": str(exc),
-                                                  "retry_in_s": delay if exc.retryable else None})
-            continue
-        store.mark_delivery(delivery_id, ok=True)
-        log.info("delivered", extra={"delivery": delivery_id, "destination": name, "kind": kind})
-        sent += 1
+        sent += not deliver_one(config, store, dest, delivery_id, kind, path)
     return sent
+
+
+@dataclass(frozen=True)
+class DestinationHealth:
+    """How sending to one destination goes (what ``/health`` shows of it).
+
+    Attributes:
+        name: the destination's name in the config.
+        state: ``ok``; ``failing`` (its last attempt failed); ``stalled`` (a send has been
+            in flight longer than ``stall_seconds``: the destination hangs).
+        pending: deliveries to it waiting to be sent (due now or backing off).
+        in_flight: sends to it in progress now.
+        consecutive_failures: failed attempts since its last success (in this run).
+        last_error: the last failure's message ("" once a send succeeded again).
+        last_sent_at: store-clock time of the last success in this run (None: none yet).
+        last_failed_at: store-clock time of the last failure in this run (None: none yet).
+        longest_send_seconds: age of its oldest send in flight (0 when none).
+    """
+
+    name: str
+    state: str
+    pending: int
+    in_flight: int
+    consecutive_failures: int
+    last_error: str
+    last_sent_at: float | None
+    last_failed_at: float | None
+    longest_send_seconds: float
+
+
+@dataclass
+class _Record:
+    """A destination's outcomes so far (mutable; under the lanes' lock)."""
+
+    failures: int = 0
+    last_error: str = ""
+    last_sent_at: float | None = None
+    last_failed_at: float | None = None
+
+
+class DeliveryLanes:
+    """Sends due deliveries on daemon threads: a few lanes per destination.
+
+    ``config.delivery_threads`` sends run at once, split evenly among the destinations (at
+    least one lane each), so a destination that hangs (a C-STORE may wait 30 s per network
+    step, a STOW-RS POST 60 s) holds only its own lanes: studies are still closed and
+    routed, and other destinations still receive. Lanes of one destination never send the
+    same delivery at the same time. The threads are daemons: a send still hanging when the
+    process exits is abandoned; the delivery, still pending, is sent again on the next start.
+
+    Args:
+        config: the service config (destinations, ``delivery_threads``, retry delays).
+        store: the job store; its clock times the sends (``stall_seconds``).
+        poll_seconds: how long an idle lane waits before it looks for due deliveries again.
+        stall_seconds: a send in flight longer than this makes its destination ``stalled``.
+    """
+
+    def __init__(self, config: ServeConfig, store: Store, poll_seconds: float = 0.25,
+                 stall_seconds: float = 15.0) -> None:
+        self.config, self.store = config, store
+        self.poll, self.stall = poll_seconds, stall_seconds
+        self._lock = threading.Lock()  # guards _in_flight and _records
+        self._claiming = {d.name: threading.Lock() for d in config.destinations}
+        self._in_flight: dict[int, tuple[str, float]] = {}  # id -> (destination, started)
+        self._records = {d.name: _Record() for d in config.destinations}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Fail deliveries to destinations no longer configured; start the lanes."""
+        fail_unconfigured(self.config, self.store)
+        dests = self.config.destinations
+        lanes = max(1, self.config.delivery_threads // len(dests)) if dests else 0
+        for dest in dests:
+            for k in range(lanes):
+                t = threading.Thread(target=self._lane, args=(dest,), daemon=True,
+                                     name=f"delivery-{dest.name}-{k}")
+                t.start()
+                self._threads.append(t)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Let the lanes finish their current send for up to ``timeout`` s in all."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def health(self) -> dict[str, DestinationHealth]:
+        """Each configured destination's :class:`DestinationHealth`, by name.
+
+        Raises:
+            sqlalchemy.exc.SQLAlchemyError: the database cannot be read (pending counts).
+        """
+        pending = pending_counts(self.store)
+        now = self.store.clock()
+        out = {}
+        with self._lock:
+            for dest in self.config.destinations:
+                r = self._records[dest.name]
+                started = [t for n, t in self._in_flight.values() if n == dest.name]
+                longest = max((now - t for t in started), default=0.0)
+                state = "stalled" if longest > self.stall else "failing" if r.failures else "ok"
+                out[dest.name] = DestinationHealth(
+                    dest.name, state, pending.get(dest.name, 0), len(started), r.failures,
+                    r.last_error, r.last_sent_at, r.last_failed_at, round(longest, 3))
+        return out
+
+    def _lane(self, dest: DestinationConfig) -> None:
+        while not self._stop.is_set():
+            try:
+                busy = self._send_next(dest)
+            except Exception:  # the database failed: the delivery stays pending, tried again
+                log.exception("delivery lane failed", extra={"destination": dest.name})
+                busy = False
+            if not busy:
+                self._stop.wait(self.poll)
+
+    def _send_next(self, dest: DestinationConfig) -> bool:
+        """Send the next due delivery to ``dest`` that no other lane sends; False if none."""
+        with self._claiming[dest.name]:
+            with self._lock:
+                skip = [i for i, (n, _) in self._in_flight.items() if n == dest.name]
+            due = due_for(self.store, dest.name, skip, limit=1)
+            if not due:
+                return False
+            delivery_id, kind, path = due[0]
+            with self._lock:
+                self._in_flight[delivery_id] = (dest.name, self.store.clock())
+        try:
+            error = deliver_one(self.config, self.store, dest, delivery_id, kind, path)
+        except Exception as exc:
+            self._finish(dest.name, delivery_id, f"{type(exc).__name__}: {exc}")
+            raise
+        self._finish(dest.name, delivery_id, error)
+        return True
+
+    def _finish(self, name: str, delivery_id: int, error: str) -> None:
+        now = self.store.clock()
+        with self._lock:
+            # after the attempt was recorded, so no lane takes it up again meanwhile
+            self._in_flight.pop(delivery_id, None)
+            r = self._records[name]
+            if error:
+                r.failures, r.last_error, r.last_failed_at = r.failures + 1, error, now
+            else:
+                r.failures, r.last_error, r.last_sent_at = 0, "", now
+
+
+def due_for(store: Store, destination: str, skip: list[int],
+            limit: int) -> list[tuple[int, str, str]]:
+    """Pending deliveries to ``destination`` whose retry time has come, oldest first, but
+    those in ``skip`` (in flight): (id, result kind, path)."""
+    from medinfer.serve.models import Delivery, Result
+
+    query = (select(Delivery.id, Result.kind, Result.path)
+             .join(Result, Result.id == Delivery.result_id)
+             .where(Delivery.destination == destination, Delivery.state == "pending",
+                    Delivery.next_attempt_at <= store.clock()))
+    if skip:
+        query = query.where(Delivery.id.not_in(skip))
+    with store.session() as s:
+        return [tuple(r) for r in s.execute(query.order_by(Delivery.id).limit(limit))]  # type: ignore[misc]
+
+
+def pending_counts(store: Store) -> dict[str, int]:
+    """Pending deliveries per destination name."""
+    from medinfer.serve.models import Delivery
+
+    with store.session() as s:
+        return {name: n for name, n in s.execute(
+            select(Delivery.destination, func.count()).where(Delivery.state == "pending")
+            .group_by(Delivery.destination))}
+
+
+def fail_unconfigured(config: ServeConfig, store: Store) -> int:
+    """Fail the pending deliveries to destinations the config no longer names; how many."""
+    from medinfer.serve.models import Delivery
+
+    names = [d.name for d in config.destinations]
+    with store.session() as s:
+        rows = list(s.execute(select(Delivery.id, Delivery.destination).where(
+            Delivery.state == "pending", Delivery.destination.not_in(names))))
+    for delivery_id, name in rows:
+        store.mark_delivery(delivery_id, ok=False, error=f"destination {name!r} not configured")
+    return len(rows)
 
 
 def _attempts(store: Store, delivery_id: int) -> int:

@@ -3,6 +3,12 @@
 A front door acknowledges an instance only after :func:`accept_dataset` returned,
 so anything acknowledged is on disk and in the job store and survives a crash.
 File names are hashed UIDs (no patient-identifying values on disk paths).
+
+Validation is bounded in memory (``limits`` in the config): an instance's or image's
+decoded size is checked from its header before any pixel is decoded, a Deflated
+instance is inflated in chunks before pydicom inflates it whole, pixel data is decoded
+one frame at a time, and an uploaded volume is checked from its header without being
+decoded here (the worker decodes it).
 """
 
 from __future__ import annotations
@@ -11,23 +17,37 @@ import io
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, generate_uid
 
 from medinfer.errors import InputError
+from medinfer.io.dicom import (
+    check_decoded_size,
+    check_deflated,
+    check_deflated_stream,
+    check_frames,
+)
+from medinfer.io.limits import ReadLimits
 from medinfer.serve.config import ServeConfig
 from medinfer.serve.deid import deidentify
 from medinfer.serve.logs import hash_uid
 from medinfer.serve.routing import route_series
 from medinfer.serve.store import InstanceInfo, Store
 
-__all__ = ["Receiver", "check_pixels", "detect_format", "read_dicom_bytes"]
+__all__ = ["DEFAULT_LIMITS", "Receiver", "check_dimse_dataset", "check_pixels", "detect_format",
+           "read_dicom_bytes"]
 
 log = logging.getLogger(__name__)
+
+#: The limits of a default config (:class:`medinfer.serve.config.LimitsConfig`), for callers
+#: that do not pass the configured ones.
+DEFAULT_LIMITS = ReadLimits()
 
 
 def detect_format(data: bytes) -> str:
@@ -43,13 +63,19 @@ def detect_format(data: bytes) -> str:
     return "unknown"
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync the folder)."""
+def _fsync_write(path: Path, data: bytes | Callable[[BinaryIO], object]) -> None:
+    """Write ``data`` to ``path`` atomically (temp file, fsync, rename, fsync the folder).
+
+    ``data`` is the bytes, or a function writing them to the open file (no copy in memory).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".part-")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -63,23 +89,96 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.close(dir_fd)
 
 
-def read_dicom_bytes(data: bytes, label: str) -> Dataset:
-    """Parse a DICOM Part 10 file from memory; InputError naming ``label`` when it is not one."""
+class _ViewReader(io.RawIOBase):
+    """A read-only binary file over a buffer, without copying the buffer (unlike BytesIO
+    given a memoryview): a STOW-RS part is parsed where it lies in the request body."""
+
+    def __init__(self, data: bytes | memoryview) -> None:
+        super().__init__()
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        """One copy of what is read (``RawIOBase.read`` would make two)."""
+        end = len(self._view) if size is None or size < 0 else self._pos + size
+        out = bytes(self._view[self._pos:end])
+        self._pos += len(out)
+        return out
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        n = max(0, min(len(buffer), len(self._view) - self._pos))
+        buffer[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def read_dicom_bytes(data: bytes | memoryview, label: str,
+                     limits: ReadLimits | None = DEFAULT_LIMITS) -> Dataset:
+    """Parse a DICOM Part 10 file from memory; InputError naming ``label`` when it is not one.
+
+    Args:
+        data: the file's bytes (a memoryview is parsed in place, not copied whole).
+        label: names the file in errors.
+        limits: a Deflated dataset is refused when it would inflate past
+            ``limits.max_bytes`` (checked in chunks before pydicom inflates it whole).
+    """
+    fh = _ViewReader(data)
+    check_deflated(label, fh, limits)
     try:
-        return dcmread(io.BytesIO(data))
+        return dcmread(fh)
     except Exception as exc:  # pydicom raises many types (InvalidDicomError, EOFError ...)
         raise InputError(label, f"not a readable DICOM file: {exc}") from exc
 
 
-def check_pixels(ds: Dataset, label: str) -> None:
-    """Decode the pixel data once, so a truncated or undecodable instance is refused now."""
+def check_dimse_dataset(raw: BinaryIO, transfer_syntax: str, label: str,
+                        limits: ReadLimits | None = DEFAULT_LIMITS) -> None:
+    """Refuse a received C-STORE dataset (encoded, not yet decoded) that is a Deflate bomb.
+
+    pynetdicom's ``event.dataset`` inflates a Deflated dataset whole; call this on
+    ``event.request.DataSet`` with ``event.context.transfer_syntax`` first: the header is
+    checked from the stream's first inflated MiB, then the whole is inflated in chunks,
+    keeping nothing (:func:`medinfer.io.dicom.check_deflated_stream`). A no-op for other
+    transfer syntaxes; the stream's position is kept.
+
+    Raises:
+        InputError: over ``limits``.
+    """
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        check_deflated_stream(label, raw, limits)
+
+
+def check_pixels(ds: Dataset, label: str, limits: ReadLimits | None = DEFAULT_LIMITS) -> None:
+    """Refuse an instance whose pixels are over ``limits`` (from the header) or cannot be
+    decoded (decoding one frame at a time, keeping none), so it is refused now, not in a
+    worker.
+
+    Args:
+        ds: the instance.
+        label: names it in errors.
+        limits: the service's limits (``Receiver.limits``); the default config's when not
+            given, None for no limit.
+    """
     if "PixelData" not in ds:
         return
-    try:
-        ds.pixel_array  # noqa: B018  (decoding is the check)
-    except Exception as exc:  # pydicom raises ValueError, AttributeError, NotImplementedError ...
-        raise InputError(label, f"pixel data cannot be decoded (truncated or damaged): {exc}") \
-            from exc
+    check_decoded_size(label, ds, limits)
+    check_frames(label, ds)
 
 
 def _info(ds: Dataset, label: str, fmt: str = "dicom") -> InstanceInfo:
@@ -111,6 +210,11 @@ class Receiver:
     def incoming(self) -> Path:
         return self.config.storage / "incoming"
 
+    @property
+    def limits(self) -> ReadLimits:
+        """The configured read limits (``limits`` in the config)."""
+        return self.config.limits.read_limits()
+
     def accept_dataset(self, ds: Dataset, source: str, sender: str, label: str = "instance") -> int:
         """Validate, de-identify (if configured), write and record one DICOM dataset.
 
@@ -118,20 +222,19 @@ class Receiver:
             The id of the receiving study it joined.
 
         Raises:
-            InputError: missing UIDs or undecodable pixel data.
+            InputError: missing UIDs, pixel data over the configured limits (from the
+                header, before decoding) or undecodable pixel data.
         """
         info = _info(ds, label)
-        check_pixels(ds, label)
+        check_pixels(ds, label, self.limits)
         if self.config.deidentify:
             deidentify(ds)
         if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
             ds.file_meta = ds.file_meta if getattr(ds, "file_meta", None) else FileMetaDataset()
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        buf = io.BytesIO()
-        ds.save_as(buf, enforce_file_format=True)
         path = (self.incoming / hash_uid(info.study_uid) / hash_uid(info.series_uid)
                 / f"{hash_uid(info.sop_uid)}.dcm")
-        _fsync_write(path, buf.getvalue())
+        _fsync_write(path, lambda f: ds.save_as(f, enforce_file_format=True))
         study_id = self.store.add_instance(info, path, source, sender)
         log.debug("stored instance", extra={"study": hash_uid(info.study_uid),
                                             "sop": hash_uid(info.sop_uid), "source": source})
@@ -142,10 +245,12 @@ class Receiver:
                            modality: str = "") -> int:
         """Store an uploaded PNG/JPEG/NIfTI image as a one-instance study.
 
-        The image is read back with :func:`medinfer.io.read_image` before it is
-        recorded, so an unreadable file is refused here, not in a worker.
+        The file is checked with :func:`medinfer.io.readers.verify_image` before it is
+        recorded, so an unreadable file or one over the configured limits is refused
+        here, not in a worker; a NIfTI volume is checked from its header and streamed
+        through, not decoded in this process.
         """
-        from medinfer.io import read_image
+        from medinfer.io.readers import verify_image
 
         suffix = {"png": ".png", "jpeg": ".jpg", "nifti": ".nii.gz" if data[:2] == b"\x1f\x8b"
                   else ".nii"}[fmt]
@@ -153,7 +258,7 @@ class Receiver:
         path = self.incoming / "uploads" / f"{hash_uid(uid)}{suffix}"
         _fsync_write(path, data)
         try:
-            read_image(path)
+            verify_image(path, self.limits)
         except InputError as exc:
             path.unlink(missing_ok=True)
             raise InputError(label, exc.reason) from exc

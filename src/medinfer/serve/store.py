@@ -23,6 +23,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from medinfer.serve.logs import redact
 from medinfer.serve.models import (
     ApiToken,
     AuditEvent,
@@ -35,6 +36,8 @@ from medinfer.serve.models import (
 )
 
 __all__ = [
+    "JOB_STATES",
+    "MAX_ID",
     "SCOPES",
     "InstanceInfo",
     "LeasedJob",
@@ -45,6 +48,10 @@ __all__ = [
 ]
 
 SCOPES = ("read", "submit", "admin")
+JOB_STATES = ("queued", "running", "done", "failed")
+# Row ids are SQL BIGINT / SQLite INTEGER: a larger number cannot even be looked up (the
+# driver raises OverflowError), so callers validate ids against this before querying.
+MAX_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -295,6 +302,11 @@ class Store:
                      retryable: bool) -> str | None:
         """End a held attempt with an error: requeue it, or fail the job for good.
 
+        Args:
+            error: ``class: message`` (:func:`~medinfer.serve.logs.describe_failure`); it is
+                redacted once more (:func:`~medinfer.serve.logs.redact`) before it is
+                stored, since the API and the web page show it to every read token.
+
         Returns:
             The new state (``queued`` | ``failed``), or None when the lease was lost.
         """
@@ -306,7 +318,7 @@ class Store:
             state = "queued" if retryable and job.attempts < max_attempts else "failed"
             won = s.execute(update(Job).where(
                 Job.id == job_id, Job.lease_token == token, Job.state == "running").values(
-                state=state, error=error[:2000], lease_token=None, lease_expires=None,
+                state=state, error=redact(error)[:2000], lease_token=None, lease_expires=None,
                 finished_at=now if state == "failed" else None)).rowcount
             return state if won == 1 else None
 

@@ -4,8 +4,11 @@ A worker renews its lease while it works (every third of ``lease_seconds``); if 
 dies, the lease expires and another worker takes the job over. Results are written
 under a folder named after the attempt's lease token and recorded only if the
 attempt still holds the lease (:meth:`Store.complete_job`), so a job completes
-exactly once. Input errors (an unreadable or inconsistent series) fail the job at
-once with the reader's message; any other error is retried up to ``max_attempts``.
+exactly once. Deterministic failures (an unreadable or inconsistent series, DICOM
+attributes the writers refuse, any value/type/attribute error: see
+:func:`~medinfer.serve.logs.describe_failure`) fail the job at once; any other error
+is retried up to ``max_attempts``. The error a job records names a class and never
+quotes DICOM attribute values.
 
 Run one with ``medinfer serve --worker --config serve.yaml`` (or let the service
 spawn ``workers`` of them).
@@ -26,7 +29,7 @@ import numpy as np
 
 from medinfer.errors import InputError
 from medinfer.serve.config import ServeConfig
-from medinfer.serve.logs import hash_uid
+from medinfer.serve.logs import describe_failure, hash_uid
 from medinfer.serve.store import LeasedJob, ResultFile, Store
 
 __all__ = ["Worker", "run_worker"]
@@ -95,7 +98,15 @@ class Worker:
                 log.warning("model not loaded", extra={"route": route.name, "error": str(exc)})
 
     def run_once(self) -> bool:
-        """Lease and process one job; False when none was waiting."""
+        """Lease and process one job; False when none was waiting.
+
+        A failed attempt records :func:`~medinfer.serve.logs.describe_failure`'s
+        ``class: message`` (no attribute values) and is retried only when that says it
+        may pass next time: an :class:`~medinfer.errors.InputError` or a ``ValueError``
+        from building the results would fail every attempt the same way, after a full
+        inference each time; an ``OSError``, ``MemoryError`` or ``RuntimeError`` (CUDA out
+        of memory, a lost database) may not.
+        """
         cfg = self.config
         job = self.store.lease_job(self.name, cfg.lease_seconds, cfg.max_attempts)
         if job is None:
@@ -108,11 +119,14 @@ class Worker:
         try:
             results, seconds, summary = self.process(job)
         except Exception as exc:  # every failure is recorded on the job, none kills the worker
-            retry = not isinstance(exc, InputError)
-            state = self.store.fail_attempt(job.id, job.token, f"{type(exc).__name__}: {exc}",
-                                            cfg.max_attempts, retryable=retry)
+            failure = describe_failure(exc)
+            state = self.store.fail_attempt(job.id, job.token, str(failure), cfg.max_attempts,
+                                            retryable=failure.retryable)
+            # Unexpected errors get a traceback (made safe by the log filter); expected ones
+            # are told by their class and message.
             log.warning("job attempt failed", extra={"job": job.id, "state": state,
-                                                     "error": str(exc)}, exc_info=retry)
+                                                     "error": str(failure)},
+                        exc_info=failure.retryable)
             return True
         finally:
             stop.set()
@@ -137,7 +151,7 @@ class Worker:
         from medinfer.tasks import WriteOptions
 
         t0 = time.perf_counter()
-        image = read_job_input(job)
+        image = read_job_input(job, self.config.limits.read_limits())
         t1 = time.perf_counter()
         predictor = self.predictor(job.artifact)
         pred = predictor.predict(image)
@@ -153,9 +167,10 @@ class Worker:
         return results, {k: round(v, 4) for k, v in seconds.items()}, summarize(pred)
 
 
-def read_job_input(job: LeasedJob) -> Any:
+def read_job_input(job: LeasedJob, limits: Any = None) -> Any:
     """The job's input as an :class:`~medinfer.io.Image`; a DICOM series carries its source
-    instances in array order (:attr:`~medinfer.io.Image.instances`).
+    instances in array order (:attr:`~medinfer.io.Image.instances`). ``limits``: the
+    service's :class:`~medinfer.io.limits.ReadLimits` (checked from the headers first).
 
     Raises:
         InputError: unreadable files or inconsistent geometry (named by the reader).
@@ -167,8 +182,8 @@ def read_job_input(job: LeasedJob) -> Any:
     if not paths:
         raise InputError(Path("."), f"job {job.id} has no input files")
     if formats != {"dicom"} or len(paths) == 1:
-        return read_image(paths[0])
-    return read_dicom_series(paths)
+        return read_image(paths[0], limits=limits)
+    return read_dicom_series(paths, limits=limits)
 
 
 def summarize(pred: Any) -> dict[str, object]:
@@ -182,21 +197,54 @@ def summarize(pred: Any) -> dict[str, object]:
 
 
 def run_worker(config: ServeConfig, name: str | None = None,
-               stop: threading.Event | Any | None = None, poll_seconds: float = 0.2) -> None:
-    """Loop until ``stop`` is set: process jobs, sleep ``poll_seconds`` when there are none.
+               stop: threading.Event | Any | None = None, poll_seconds: float = 0.2,
+               parent_pid: int | None = None) -> None:
+    """Loop until ``stop`` is set: process jobs, wait ``poll_seconds`` when there are none.
 
     Suitable as a ``multiprocessing`` target (spawn): opens its own store connection.
+
+    Args:
+        parent_pid: the service process that spawned this worker. The worker ends when
+            that process is gone, even killed by SIGKILL: on Linux the kernel sends it
+            SIGTERM (``PR_SET_PDEATHSIG``); everywhere, the loop compares ``os.getppid()``
+            with it before each lease, so an orphan leases no new job (it finishes the one
+            it holds). A spawned worker ignores SIGINT: Ctrl-C reaches the whole process
+            group, and the service stops its workers itself (``stop``, then SIGTERM).
     """
+    import multiprocessing
+    import signal
+    import sys
+
     from medinfer.serve.logs import setup_logging
 
+    def orphaned() -> bool:
+        return parent_pid is not None and os.getppid() != parent_pid
+
+    if orphaned():
+        return  # the service died before this worker started
+    if parent_pid is not None and sys.platform.startswith("linux"):
+        import ctypes
+
+        try:  # PR_SET_PDEATHSIG (1); the signal comes when the spawning *thread* ends
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass  # the getppid() check below still ends the loop
+    if (parent_pid is not None and multiprocessing.parent_process() is not None
+            and threading.current_thread() is threading.main_thread()):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     setup_logging(config.log_format)
     store = Store(config.db_url)
     worker = Worker(config, store, name)
     worker.warm_up()
     log.info("worker started", extra={"worker": worker.name})
     try:
-        while stop is None or not stop.is_set():
+        while (stop is None or not stop.is_set()) and not orphaned():
             if not worker.run_once():
-                time.sleep(poll_seconds)
+                if stop is None:
+                    time.sleep(poll_seconds)
+                else:
+                    stop.wait(poll_seconds)
     finally:
         store.close()
+    log.info("worker stopped", extra={"worker": worker.name,
+                                      "reason": "service gone" if orphaned() else "stop"})
