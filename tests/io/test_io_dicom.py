@@ -79,10 +79,11 @@ def test_instance_number_fallback_warns(tmp_path, write_dicom_slice, caplog) -> 
 
 def test_list_of_files_and_single_file(tmp_path, write_dicom_slice) -> None:
     order = _write_series(tmp_path, write_dicom_slice)
-    files = sorted(tmp_path.glob("*.dcm"))[:3]
+    # three contiguous slices (positions 3, 4, 2) in shuffled order: missing slices are refused
+    files = [sorted(tmp_path.glob("*.dcm"))[i] for i in (0, 2, 4)]
     img = read_dicom_series(files)
     assert img.array.shape == (1, 4, 5, 3)
-    chosen = sorted(order[:3])
+    chosen = sorted(order[i] for i in (0, 2, 4))
     np.testing.assert_array_equal(img.array[0, :, :, 0], _plane(chosen[0]))
     single = read_image(files[0])
     assert single.array.shape == (1, 4, 5) and single.spacing == (0.5, 0.8)

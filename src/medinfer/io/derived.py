@@ -10,17 +10,24 @@ order (:attr:`medinfer.io.Image.instances`), so frame ``k`` of a SEG lies on sli
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from medinfer.io.writers import overlay
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
+from medinfer.io.writers import overlay
+
 __all__ = [
+    "SERIES_OFFSETS",
+    "derived_series_number",
     "fill_type2",
     "overlay_slice",
+    "tolerant_copies",
     "write_json",
     "write_png",
     "write_sc",
@@ -28,7 +35,13 @@ __all__ = [
     "write_sr",
 ]
 
+logger = logging.getLogger(__name__)
+
 MANUFACTURER = "medinfer"
+# Series number of a derived series = the source's SeriesNumber + this offset, so that the
+# SEG, SC and SR of every series in a study get numbers of their own.
+SERIES_OFFSETS = {"seg": 9000, "sc": 9100, "sr": 9200}
+_IS_MAX = 2**31 - 1  # the largest value of an IS (Integer String) attribute
 _COLORS = ((255, 0, 0), (0, 200, 0), (0, 120, 255), (255, 200, 0), (200, 0, 255), (0, 220, 220))
 
 
@@ -52,6 +65,73 @@ def fill_type2(datasets: Sequence[Dataset]) -> list[Dataset]:
             if keyword not in ds:
                 setattr(ds, keyword, "")
     return list(datasets)
+
+
+def derived_series_number(source: Dataset, kind: str) -> int:
+    """Series number of the ``kind`` (``seg``, ``sc``, ``sr``) object derived from ``source``:
+    its SeriesNumber (0 when missing or malformed) + :data:`SERIES_OFFSETS`, clipped to
+    the IS range (0 .. 2**31 - 1)."""
+    try:
+        base = int(source.get("SeriesNumber") or 0)
+    except (TypeError, ValueError):
+        base = 0
+    return max(0, min(base + SERIES_OFFSETS[kind], _IS_MAX))
+
+
+# Patient/study attributes that highdicom copies (Type 2 are blanked when malformed, the
+# others dropped): a value that does not conform to its VR (a DA "1970-01-31", a TM
+# "25:00", a PN with too many components) makes highdicom refuse the whole object.
+_TYPE3 = ("PatientBirthTime", "PatientAge", "PatientSize", "PatientWeight", "IssuerOfPatientID",
+          "OtherPatientIDs", "EthnicGroup", "PatientComments", "StudyDescription",
+          "NameOfPhysiciansReadingStudy", "AdmittingDiagnosesDescription")
+_CONVERT = {"DA": "DA", "TM": "TM", "DT": "DT", "PN": "PersonName", "DS": "DSfloat", "IS": "IS"}
+
+
+def _conforms(elem: DataElement) -> bool:
+    """Whether ``elem``'s value is valid for its VR and converts the way highdicom does."""
+    from pydicom import config, valuerep
+
+    values = elem.value if elem.VM > 1 else [elem.value]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for v in values:
+                if v is None or v == "":
+                    continue
+                if isinstance(v, valuerep.PersonName):
+                    v = str(v)
+                valuerep.validate_value(elem.VR, v, config.RAISE)
+                if elem.VR in _CONVERT and isinstance(v, str):
+                    getattr(valuerep, _CONVERT[elem.VR])(v)
+    except (ValueError, TypeError, OverflowError):
+        return False
+    return True
+
+
+def tolerant_copies(datasets: Sequence[Dataset]) -> list[Dataset]:
+    """Shallow copies of ``datasets`` (the caller's are unchanged) whose malformed patient/
+    study attributes are blanked (Type 2) or dropped (others), with the Type 2 ones that
+    are missing added empty (:func:`fill_type2`). Only the keyword is logged, never the
+    value (it may identify the patient)."""
+    out, fixed = [], set()
+    for src in datasets:
+        copy = Dataset({elem.tag: elem for elem in src})  # own element dict: ``src`` unchanged
+        if getattr(src, "file_meta", None) is not None:
+            copy.file_meta = src.file_meta
+        for keyword in _TYPE2 + _TYPE3:
+            elem = copy.data_element(keyword) if keyword in copy else None
+            if elem is None or _conforms(elem):
+                continue
+            fixed.add(keyword)
+            if keyword in _TYPE2:
+                copy[elem.tag] = DataElement(elem.tag, elem.VR, "")
+            else:
+                del copy[elem.tag]
+        out.append(copy)
+    for keyword in sorted(fixed):  # once per attribute, not per slice
+        logger.warning("malformed %s in the source; %s in the derived object", keyword,
+                       "left empty" if keyword in _TYPE2 else "left out")
+    return fill_type2(out)
 
 
 def _seg_sources(sources: Sequence[Dataset]) -> tuple[list[Dataset], bool]:
@@ -106,7 +186,7 @@ def _frames(mask: np.ndarray, n_sources: int) -> np.ndarray:
 
 
 def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, str],
-              out: Path, algorithm: str, version: str, series_number: int = 900,
+              out: Path, algorithm: str, version: str, series_number: int | None = None,
               labelmap: bool = False) -> tuple[Path, str]:
     """Write a DICOM SEG with one segment per label value.
 
@@ -117,6 +197,7 @@ def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, 
         out: file to write.
         algorithm: algorithm name recorded in the SEG (the artifact).
         version: algorithm version (the variant).
+        series_number: the SEG's series number (default: :func:`derived_series_number`).
         labelmap: write a LABELMAP SEG (one frame per slice holding every segment; DICOM
             2024, fewer viewers read it) instead of a BINARY one (one frame per segment
             and slice, read everywhere).
@@ -145,7 +226,9 @@ def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, 
     lut[labels] = np.arange(1, len(labels) + 1, dtype=np.uint8)
     pixels = lut[_frames(np.asarray(mask, np.uint8), len(sources))]
     uid = hd.UID()
-    images, placeholder = _seg_sources(fill_type2(sources))
+    images, placeholder = _seg_sources(tolerant_copies(sources))
+    if series_number is None:
+        series_number = derived_series_number(sources[0], "seg")
     seg = hd.seg.Segmentation(
         source_images=images, pixel_array=pixels,
         segmentation_type=(hd.seg.SegmentationTypeValues.LABELMAP if labelmap
@@ -194,14 +277,20 @@ def overlay_slice(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]
 
 
 def write_sc(source: Dataset, picture: np.ndarray, out: Path, algorithm: str,
-             series_number: int = 901) -> tuple[Path, str]:
-    """Write an RGB Secondary Capture of ``picture`` (``(rows, cols, 3)`` uint8) for ``source``."""
+             series_number: int | None = None) -> tuple[Path, str]:
+    """Write an RGB Secondary Capture of ``picture`` (``(rows, cols, 3)`` uint8) for ``source``.
+
+    The SC references ``source`` (Source Image Sequence and Referenced Series Sequence);
+    its series number defaults to :func:`derived_series_number`.
+    """
     import highdicom as hd
 
     uid = hd.UID()
     spacing = source.get("PixelSpacing")
+    if series_number is None:
+        series_number = derived_series_number(source, "sc")
     sc = hd.sc.SCImage.from_ref_dataset(
-        ref_dataset=fill_type2([source])[0], pixel_array=np.ascontiguousarray(picture),
+        ref_dataset=tolerant_copies([source])[0], pixel_array=np.ascontiguousarray(picture),
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB, bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT, series_instance_uid=hd.UID(),
         series_number=series_number, sop_instance_uid=uid, instance_number=1,
@@ -209,9 +298,31 @@ def write_sc(source: Dataset, picture: np.ndarray, out: Path, algorithm: str,
         pixel_spacing=tuple(float(s) for s in spacing) if spacing is not None else None,
         patient_orientation=_orientation(source),
         series_description=f"medinfer overlay {algorithm}"[:64])
+    _reference_source(sc, source)
     out.parent.mkdir(parents=True, exist_ok=True)
     sc.save_as(out)
     return out, str(uid)
+
+
+def _reference_source(derived: Dataset, source: Dataset) -> None:
+    """Add Source Image Sequence and Referenced Series Sequence (source SOP Class/Instance
+    UIDs) to ``derived``, when the source has them; highdicom's SC takes no reference."""
+    from pydicom.sequence import Sequence as DicomSequence
+
+    if "SOPClassUID" not in source or "SOPInstanceUID" not in source:
+        return
+    image = Dataset()
+    image.ReferencedSOPClassUID = source.SOPClassUID
+    image.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    derived.SourceImageSequence = DicomSequence([image])
+    if "SeriesInstanceUID" in source:
+        instance = Dataset()
+        instance.ReferencedSOPClassUID = source.SOPClassUID
+        instance.ReferencedSOPInstanceUID = source.SOPInstanceUID
+        series = Dataset()
+        series.SeriesInstanceUID = source.SeriesInstanceUID
+        series.ReferencedInstanceSequence = DicomSequence([instance])
+        derived.ReferencedSeriesSequence = DicomSequence([series])
 
 
 def _orientation(ds: Dataset) -> tuple[str, str]:
@@ -230,11 +341,13 @@ def _orientation(ds: Dataset) -> tuple[str, str]:
 
 
 def write_sr(sources: Sequence[Dataset], scores: dict[str, float], thresholds: dict[str, float],
-             out: Path, algorithm: str, version: str, series_number: int = 902) -> tuple[Path, str]:
+             out: Path, algorithm: str, version: str,
+             series_number: int | None = None) -> tuple[Path, str]:
     """Write a Comprehensive SR (TID 1500 measurement report) of classification findings.
 
     Each finding is one measurement group: the probability as a measurement (unit
-    ``{probability}``) and a qualitative evaluation Present/Absent at its threshold.
+    ``{probability}``) and a qualitative evaluation Present/Absent at its threshold. The
+    series number defaults to :func:`derived_series_number`.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -245,7 +358,10 @@ def write_sr(sources: Sequence[Dataset], scores: dict[str, float], thresholds: d
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=hd.UID(), name=algorithm[:64]))
     groups = []
-    refs = [hd.sr.SourceImageForMeasurementGroup.from_source_image(sources[0])]
+    evidence = tolerant_copies(sources)
+    if series_number is None:
+        series_number = derived_series_number(sources[0], "sr")
+    refs = [hd.sr.SourceImageForMeasurementGroup.from_source_image(evidence[0])]
     unit = hd.sr.CodedConcept("{probability}", "UCUM", "probability")
     for finding, p in sorted(scores.items()):
         name = hd.sr.CodedConcept(finding[:16], "99MEDINFER", finding)
@@ -263,7 +379,7 @@ def write_sr(sources: Sequence[Dataset], scores: dict[str, float], thresholds: d
         imaging_measurements=groups)
     uid = hd.UID()
     sr = hd.sr.ComprehensiveSR(
-        evidence=fill_type2(sources), content=report, series_instance_uid=hd.UID(),
+        evidence=evidence, content=report, series_instance_uid=hd.UID(),
         series_number=series_number, sop_instance_uid=uid, instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True,
         series_description=f"medinfer findings {algorithm}"[:64])

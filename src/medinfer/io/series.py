@@ -56,6 +56,8 @@ __all__ = ["read_dicom_file", "read_dicom_series"]
 logger = logging.getLogger(__name__)
 
 _POSITION_TOL_MM = 1e-3
+# A slice gap wider than this times the series' spacing is refused (missing slices).
+_GAP_FACTOR = 1.5
 _ORIENTATION_TOL = 1e-4
 
 
@@ -264,6 +266,7 @@ def _order_slices(
         )
     if gaps.size:
         gap = float(np.median(gaps))
+        _check_gaps(gaps, [slices[i] for i in order])
         if gaps.max() - gaps.min() > 0.01 * gap + _POSITION_TOL_MM:
             logger.warning(
                 "%s: non-uniform slice spacing (%.3f..%.3f mm); using the median %.3f mm",
@@ -273,6 +276,25 @@ def _order_slices(
         gap = slice_gap(slices[0]) or 1.0
     direction = np.column_stack([col, row, normal])
     return [slices[i] for i in order], direction, ipps[order[0]], gap
+
+
+def _check_gaps(gaps: np.ndarray, ordered: list[DicomSlice]) -> None:
+    """Raise InputError naming the slice after the first gap wider than
+    :data:`_GAP_FACTOR` x the typical spacing (missing slices, or two stacks in one
+    series): inferring over it as if contiguous would misplace everything beyond it.
+
+    The typical spacing is the median gap; with two gaps (three slices) the median is
+    no reference, so the smaller one is.
+    """
+    ref = float(np.median(gaps)) if gaps.size >= 3 else float(gaps.min())
+    wide = np.flatnonzero(gaps > _GAP_FACTOR * ref + _POSITION_TOL_MM)
+    if wide.size:
+        i = int(wide[0])
+        raise InputError(
+            ordered[i + 1].path, f"slice gap of {gaps[i]:.3f} mm before this slice (after "
+            f"{ordered[i].label}), the series' spacing is {ref:.3f} mm: missing slices or "
+            "a non-contiguous series",
+        )
 
 
 def _unit(vector: np.ndarray) -> np.ndarray | None:

@@ -1,4 +1,6 @@
-"""API token authentication: ``Authorization: Bearer <token>`` or the web page's cookie.
+"""API token authentication: ``Authorization: Bearer <token>`` or the web page's session
+cookie (a random session id the store maps to a token, never the token itself). A revoked
+or expired token, or an ended or expired session, is refused (401) on every route.
 
 Scopes: ``read`` (jobs, results, metrics, web page), ``submit`` (uploads, STOW-RS),
 ``admin`` (tokens; implies the other two).
@@ -15,7 +17,7 @@ from medinfer.serve.store import Store
 
 __all__ = ["COOKIE", "Principal", "require"]
 
-COOKIE = "medinfer_token"
+COOKIE = "medinfer_session"
 
 
 @dataclass(frozen=True)
@@ -29,19 +31,20 @@ class Principal:
         return scope in self.scopes or "admin" in self.scopes
 
 
-def _token(request: Request) -> str | None:
+def _caller(store: Store, request: Request) -> tuple[str, frozenset[str]] | None:
+    """(token name, scopes) from the bearer token, else from the session cookie."""
     header = request.headers.get("authorization", "")
     if header.lower().startswith("bearer "):
-        return header[7:].strip()
-    return request.cookies.get(COOKIE)
+        token = header[7:].strip()
+        return store.check_token(token) if token else None
+    sid = request.cookies.get(COOKIE)
+    return store.check_web_session(sid) if sid else None
 
 
 def require(scope: str) -> Callable[[Request], Principal]:
     """FastAPI dependency: the caller's :class:`Principal`, or 401/403."""
     def dependency(request: Request) -> Principal:
-        store: Store = request.app.state.store
-        token = _token(request)
-        found = store.check_token(token) if token else None
+        found = _caller(request.app.state.store, request)
         if found is None:
             raise HTTPException(401, "missing or invalid API token",
                                 headers={"WWW-Authenticate": "Bearer"})

@@ -184,6 +184,14 @@ class ServeConfig(_Strict):
         database_url: SQLAlchemy URL; default ``sqlite:///<storage>/medinfer.db``.
             PostgreSQL: ``postgresql+psycopg://user@host/db``.
         quiet_seconds: a study is complete when nothing arrived for this long.
+        late_seconds: an instance of a closed study (same StudyInstanceUID, source and
+            sender) arriving within this long of the study's last instance rejoins it: a
+            series it changes is routed again and its earlier job is superseded
+            (``Store.finalize_study``); an identical re-sent instance changes nothing.
+            0: every instance after closing starts a new study.
+        hold_results: deliver a job's results only once ``late_seconds`` passed since the
+            study's last instance, so that a late instance supersedes them before any
+            reaches the PACS (at the cost of that much latency).
         workers: worker processes.
         lease_seconds: how long a worker's job lease lasts without renewal; a dead
             worker's job is retried after this.
@@ -203,6 +211,8 @@ class ServeConfig(_Strict):
     dicom: DicomConfig = Field(default_factory=DicomConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     quiet_seconds: float = 5.0
+    late_seconds: float = Field(default=60.0, ge=0)
+    hold_results: bool = False
     routes: list[RouteConfig] = Field(default_factory=list)
     destinations: list[DestinationConfig] = Field(default_factory=list)
     workers: int = Field(default=1, ge=0)

@@ -13,6 +13,7 @@ decoded here (the worker decodes it).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -181,6 +182,15 @@ def check_pixels(ds: Dataset, label: str, limits: ReadLimits | None = DEFAULT_LI
     check_frames(label, ds)
 
 
+def _digest(path: Path) -> str:
+    """SHA-256 hex of a stored file, read in chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def _info(ds: Dataset, label: str, fmt: str = "dicom") -> InstanceInfo:
     missing = [k for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
                if not str(ds.get(k, "") or "")]
@@ -218,6 +228,9 @@ class Receiver:
     def accept_dataset(self, ds: Dataset, source: str, sender: str, label: str = "instance") -> int:
         """Validate, de-identify (if configured), write and record one DICOM dataset.
 
+        An instance of a study closed less than ``late_seconds`` ago rejoins it; an
+        identical re-sent one changes nothing (:meth:`Store.add_instance`).
+
         Returns:
             The id of the receiving study it joined.
 
@@ -235,7 +248,10 @@ class Receiver:
         path = (self.incoming / hash_uid(info.study_uid) / hash_uid(info.series_uid)
                 / f"{hash_uid(info.sop_uid)}.dcm")
         _fsync_write(path, lambda f: ds.save_as(f, enforce_file_format=True))
-        study_id = self.store.add_instance(info, path, source, sender)
+        # The digest tells a re-sent identical instance (no change) from a changed one.
+        # The same UID has the same path, so a changed one has replaced the old file.
+        study_id = self.store.add_instance(info, path, source, sender, digest=_digest(path),
+                                           late_seconds=self.config.late_seconds)
         log.debug("stored instance", extra={"study": hash_uid(info.study_uid),
                                             "sop": hash_uid(info.sop_uid), "source": source})
         return study_id
@@ -271,8 +287,9 @@ class Receiver:
         """Route a study's series and queue jobs (see :meth:`Store.finalize_study`)."""
         from medinfer.serve.models import Study
 
+        hold = self.config.late_seconds if self.config.hold_results else 0.0
         jobs = self.store.finalize_study(study_id,
-                                         lambda s: route_series(self.config.routes, s))
+                                         lambda s: route_series(self.config.routes, s), hold)
         with self.store.session() as s:
             study = s.get(Study, study_id)
             source, sender, state = study.source, study.sender, study.state

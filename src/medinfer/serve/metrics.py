@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
-from medinfer.serve.store import Store
+from medinfer.serve.store import JOB_STATES, Store
 
 __all__ = ["BUCKETS", "StoreCollector", "render_metrics"]
 
@@ -30,7 +30,7 @@ class StoreCollector(Collector):
         yield GaugeMetricFamily("medinfer_queue_depth", "Jobs waiting for a worker",
                                 value=counts.get("queued", 0))
         jobs = GaugeMetricFamily("medinfer_jobs", "Jobs by state", labels=["state"])
-        for state in ("queued", "running", "done", "failed"):
+        for state in JOB_STATES:
             jobs.add_metric([state], counts.get(state, 0))
         yield jobs
         yield CounterMetricFamily("medinfer_job_failures", "Jobs failed for good",
@@ -38,7 +38,7 @@ class StoreCollector(Collector):
         deliveries = GaugeMetricFamily("medinfer_deliveries", "Result deliveries by state",
                                        labels=["state"])
         dcounts = self.store.delivery_counts()
-        for state in ("pending", "sent", "failed"):
+        for state in ("pending", "sent", "failed", "superseded"):
             deliveries.add_metric([state], dcounts.get(state, 0))
         yield deliveries
         totals = self.store.job_totals()

@@ -8,7 +8,8 @@ from __future__ import annotations
 from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["ApiToken", "AuditEvent", "Base", "Delivery", "Instance", "Job", "Result", "Study"]
+__all__ = ["ADDED_COLUMNS", "ApiToken", "AuditEvent", "Base", "Delivery", "Instance", "Job",
+           "Result", "Study", "WebSession"]
 
 
 class Base(DeclarativeBase):
@@ -48,7 +49,8 @@ class Instance(Base):
     series_description: Mapped[str] = mapped_column(String(256), default="")
     format: Mapped[str] = mapped_column(String(16), default="dicom")
     path: Mapped[str] = mapped_column(Text)
-    received_at: Mapped[float] = mapped_column(Float)
+    received_at: Mapped[float] = mapped_column(Float)  # when this content first arrived
+    digest: Mapped[str] = mapped_column(String(64), default="")  # SHA-256 of the file
     __table_args__ = (Index("ix_instances_study_sop", "study_id", "sop_uid", unique=True),)
 
 
@@ -58,6 +60,9 @@ class Job(Base):
     ``state``: queued -> running -> done | failed (running -> queued again when the
     attempt fails and attempts remain; a running job whose lease expired is
     leasable again). ``lease_token`` identifies the attempt that may complete it.
+    A queued or running job whose series changed after routing (late instances) becomes
+    ``superseded``; the new job names it in ``supersedes``. ``deliver_after``: its results
+    are not delivered before this time (``hold_results``).
     """
 
     __tablename__ = "jobs"
@@ -77,6 +82,17 @@ class Job(Base):
     seconds: Mapped[dict] = mapped_column(JSON, default=dict)
     summary: Mapped[dict] = mapped_column(JSON, default=dict)
     error: Mapped[str] = mapped_column(Text, default="")
+    supersedes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    deliver_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+#: Columns added after the first release: (table, column, SQL type). ``Store`` adds the
+#: missing ones to an older database (``create_all`` creates only missing tables).
+ADDED_COLUMNS = (("instances", "digest", "VARCHAR(64) DEFAULT ''"),
+                 ("jobs", "supersedes", "INTEGER"),
+                 ("jobs", "deliver_after", "FLOAT"),
+                 ("tokens", "expires_at", "FLOAT"),
+                 ("tokens", "last_used_at", "FLOAT"))
 
 
 class Result(Base):
@@ -92,7 +108,8 @@ class Result(Base):
 
 
 class Delivery(Base):
-    """Sending one result to one destination: pending -> sent | failed."""
+    """Sending one result to one destination: pending -> sent | failed, or pending ->
+    superseded when its job's series changed before it was sent."""
 
     __tablename__ = "deliveries"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -118,7 +135,8 @@ class AuditEvent(Base):
 
 
 class ApiToken(Base):
-    """An API token; only its SHA-256 is stored."""
+    """An API token; only its SHA-256 is stored. Refused once revoked or past
+    ``expires_at`` (``None``: never expires)."""
 
     __tablename__ = "tokens"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -127,3 +145,17 @@ class ApiToken(Base):
     scopes: Mapped[str] = mapped_column(String(64))  # space separated
     created_at: Mapped[float] = mapped_column(Float)
     revoked: Mapped[bool] = mapped_column(default=False)
+    expires_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_used_at: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class WebSession(Base):
+    """A web page login: the browser holds a random session id (only its SHA-256 is
+    stored), never the API token; valid while unexpired and its token is valid."""
+
+    __tablename__ = "web_sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("tokens.id"), index=True)
+    created_at: Mapped[float] = mapped_column(Float)
+    expires_at: Mapped[float] = mapped_column(Float)

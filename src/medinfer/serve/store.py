@@ -20,11 +20,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, func, or_, select, update
+from sqlalchemy import (
+    Engine,
+    create_engine,
+    delete,
+    event,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.orm import Session, sessionmaker
 
 from medinfer.serve.logs import redact
 from medinfer.serve.models import (
+    ADDED_COLUMNS,
     ApiToken,
     AuditEvent,
     Base,
@@ -33,6 +45,7 @@ from medinfer.serve.models import (
     Job,
     Result,
     Study,
+    WebSession,
 )
 
 __all__ = [
@@ -44,14 +57,27 @@ __all__ = [
     "ResultFile",
     "SeriesInfo",
     "Store",
+    "TokenInfo",
     "hash_token",
 ]
 
 SCOPES = ("read", "submit", "admin")
-JOB_STATES = ("queued", "running", "done", "failed")
+JOB_STATES = ("queued", "running", "done", "failed", "superseded")
 # Row ids are SQL BIGINT / SQLite INTEGER: a larger number cannot even be looked up (the
 # driver raises OverflowError), so callers validate ids against this before querying.
 MAX_ID = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """An API token as listed: never its secret. Times are UNIX seconds."""
+
+    name: str
+    scopes: tuple[str, ...]
+    created_at: float
+    expires_at: float | None
+    last_used_at: float | None
+    revoked: bool
 
 
 @dataclass(frozen=True)
@@ -136,8 +162,19 @@ class Store:
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
         Base.metadata.create_all(self.engine)
+        self._add_missing_columns()
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self.clock = clock
+
+    def _add_missing_columns(self) -> None:
+        """Bring a database of an older version up to date (idempotent): ``create_all``
+        creates missing tables only, so columns added since are added here."""
+        have = {t: {c["name"] for c in inspect(self.engine).get_columns(t)}
+                for t in {t for t, _, _ in ADDED_COLUMNS}}
+        with self.engine.begin() as conn:
+            for table, column, sql_type in ADDED_COLUMNS:
+                if column not in have[table]:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
 
     def session(self) -> Session:
         return self._session()
@@ -146,32 +183,51 @@ class Store:
         self.engine.dispose()
 
     # ---- receiving ---------------------------------------------------------------------
-    def add_instance(self, info: InstanceInfo, path: str | Path, source: str, sender: str) -> int:
-        """Record a stored file in the study now receiving it (created if needed).
+    def add_instance(self, info: InstanceInfo, path: str | Path, source: str, sender: str,
+                     digest: str = "", late_seconds: float = 0.0) -> int:
+        """Record a stored file in its study: the one receiving it, else (a late instance)
+        the last closed one of the same StudyInstanceUID, source and sender whose last
+        instance arrived at most ``late_seconds`` ago, else a new one.
 
-        A SOP instance received twice in one receiving study keeps one row (the newer file).
-        Returns the study id.
+        Membership is decided here, from the database alone, so instances received before
+        and after a restart join one study. A SOP instance received twice keeps one row:
+        with the same ``digest`` (SHA-256 of the file) it changes nothing; with another one
+        (or none) the newer file counts as new content (``received_at``). New content
+        reopens a closed study (``receiving``), so it is routed again after the quiet time.
+
+        Returns:
+            The study id.
         """
         now = self.clock()
         with self.session() as s, s.begin():
-            study = s.scalars(select(Study).where(
-                Study.study_uid == info.study_uid, Study.state == "receiving",
-                Study.source == source, Study.sender == sender).limit(1)).first()
+            same = (Study.study_uid == info.study_uid) & (Study.source == source) \
+                & (Study.sender == sender)
+            study = s.scalars(select(Study).where(same, Study.state == "receiving")
+                              .limit(1)).first()
+            if study is None and late_seconds > 0:
+                study = s.scalars(select(Study).where(
+                    same, Study.state.in_(("complete", "unrouted")),
+                    Study.last_received >= now - late_seconds)
+                    .order_by(Study.id.desc()).limit(1)).first()
             if study is None:
                 study = Study(study_uid=info.study_uid, source=source, sender=sender,
                               state="receiving", first_received=now, last_received=now)
                 s.add(study)
                 s.flush()
-            study.last_received = now
+            study.last_received = now  # a re-send in progress keeps the late window open
             old = s.scalars(select(Instance).where(Instance.study_id == study.id,
                                                    Instance.sop_uid == info.sop_uid)).first()
+            if old is not None and digest and old.digest == digest:
+                return study.id
+            study.state = "receiving"
             if old is not None:
-                old.path, old.received_at = str(path), now
+                old.path, old.received_at, old.digest = str(path), now, digest
             else:
                 s.add(Instance(study_id=study.id, path=str(path), received_at=now,
                                **{k: getattr(info, k) for k in (
                                    "series_uid", "sop_uid", "sop_class_uid", "modality",
-                                   "body_part", "series_description", "format")}))
+                                   "body_part", "series_description", "format")},
+                               digest=digest))
             return study.id
 
     def quiet_studies(self, quiet_seconds: float) -> list[int]:
@@ -182,14 +238,26 @@ class Store:
                 Study.state == "receiving", Study.last_received <= limit)))
 
     def finalize_study(self, study_id: int,
-                       route: Callable[[SeriesInfo], tuple[str, str] | None]) -> list[int]:
-        """Close a receiving study: route each series and queue one job per routed series.
+                       route: Callable[[SeriesInfo], tuple[str, str] | None],
+                       hold_seconds: float = 0.0) -> list[int]:
+        """Close a receiving study: route each new or changed series and queue one job each.
+
+        A series is changed when an instance of it got new content after its latest job
+        was created (a late instance rejoined the study, :meth:`add_instance`). Its queued
+        or running jobs become ``superseded`` (a running attempt then cannot complete:
+        :meth:`complete_job` needs ``state='running'`` and its lease token, and both are
+        gone), the pending deliveries of its earlier jobs become ``superseded`` (never
+        sent), and the new job records the latest earlier one in ``supersedes``. An
+        unchanged series keeps its job: one result set per version of a series.
 
         Args:
             route: ``SeriesInfo -> (route name, artifact dir)`` or None when no rule matches.
+            hold_seconds: the new jobs' results are delivered no sooner than this long
+                after the study's last instance (``hold_results``).
 
         Returns:
-            The ids of the jobs created ([] when the study was already closed or unrouted).
+            The ids of the jobs created ([] when the study was already closed, unrouted or
+            unchanged).
         """
         now = self.clock()
         with self.session() as s, s.begin():
@@ -201,10 +269,18 @@ class Store:
             study = s.get(Study, study_id)
             assert study is not None
             series: dict[str, list[Instance]] = defaultdict(list)
-            for inst in s.scalars(select(Instance).where(Instance.study_id == study_id)):
+            for inst in s.scalars(select(Instance).where(Instance.study_id == study_id)
+                                  .order_by(Instance.id)):
                 series[inst.series_uid].append(inst)
+            earlier: dict[str, list[Job]] = defaultdict(list)
+            for old in s.scalars(select(Job).where(Job.study_id == study_id).order_by(Job.id)):
+                earlier[old.series_uid].append(old)
             jobs, unrouted = [], []
             for uid, members in sorted(series.items()):
+                prior = earlier.get(uid, [])
+                if prior and max(i.received_at for i in members) <= prior[-1].created_at:
+                    continue
+                self._supersede(s, prior, now)
                 first = members[0]
                 info = SeriesInfo(uid, first.modality, first.body_part, first.series_description,
                                   first.sop_class_uid, first.format, len(members))
@@ -214,14 +290,30 @@ class Store:
                     continue
                 job = Job(study_id=study_id, series_uid=uid, route=target[0],
                           artifact=target[1], state="queued", created_at=now, seconds={},
-                          summary={})
+                          summary={}, supersedes=prior[-1].id if prior else None,
+                          deliver_after=study.last_received + hold_seconds)
                 s.add(job)
                 jobs.append(job)
-            study.state = "complete" if jobs else "unrouted"
+            study.state = "complete" if jobs or earlier else "unrouted"
             study.completed_at = now
             study.note = ("no routing rule matched: " + "; ".join(unrouted)) if unrouted else ""
             s.flush()
             return [j.id for j in jobs]
+
+    @staticmethod
+    def _supersede(s: Session, prior: list[Job], now: float) -> None:
+        """End a changed series' earlier jobs: queued or running ones, and the deliveries
+        not yet sent of any of them (in the caller's transaction)."""
+        if not prior:
+            return
+        ids = [j.id for j in prior]
+        s.execute(update(Job).where(Job.id.in_(ids), Job.state.in_(("queued", "running")))
+                  .values(state="superseded", lease_token=None, lease_expires=None,
+                          finished_at=now, error="series changed (late instances)"))
+        results = select(Result.id).where(Result.job_id.in_(ids))
+        s.execute(update(Delivery).where(Delivery.result_id.in_(results),
+                                         Delivery.state == "pending")
+                  .values(state="superseded", error="series changed (late instances)"))
 
     # ---- leasing -----------------------------------------------------------------------
     def lease_job(self, owner: str, lease_seconds: float, max_attempts: int) -> LeasedJob | None:
@@ -295,7 +387,7 @@ class Store:
                 s.flush()
                 for dest in destinations.get(r.kind, []):
                     s.add(Delivery(result_id=row.id, destination=dest, state="pending",
-                                   attempts=0, next_attempt_at=now))
+                                   attempts=0, next_attempt_at=max(now, job.deliver_after or 0)))
             return True
 
     def fail_attempt(self, job_id: int, token: str, error: str, max_attempts: int,
@@ -356,24 +448,90 @@ class Store:
             s.add(AuditEvent(at=self.clock(), actor=actor, action=action, target=target,
                              detail=detail))
 
-    def create_token(self, name: str, scopes: Iterable[str]) -> str:
-        """Make a new API token; the plain value is returned once and never stored."""
+    def create_token(self, name: str, scopes: Iterable[str],
+                     expires_days: float | None = None) -> str:
+        """Make a new API token; the plain value is returned once and never stored.
+
+        Args:
+            name: who or what uses it.
+            scopes: among :data:`SCOPES`.
+            expires_days: refused after this many days (``None``: never expires).
+        """
         scopes = sorted(set(scopes))
         bad = [x for x in scopes if x not in SCOPES]
         if bad or not scopes:
             raise ValueError(f"scopes must be among {SCOPES}, got {scopes}")
-        token = secrets.token_urlsafe(32)
+        if expires_days is not None and not expires_days > 0:
+            raise ValueError(f"expires_days must be positive, got {expires_days}")
+        token, now = secrets.token_urlsafe(32), self.clock()
         with self.session() as s, s.begin():
             s.add(ApiToken(name=name, token_hash=hash_token(token), scopes=" ".join(scopes),
-                           created_at=self.clock()))
+                           created_at=now, expires_at=None if expires_days is None
+                           else now + expires_days * 86400.0))
         return token
 
+    def _valid_token(self, s: Session, where: object) -> ApiToken | None:
+        """The unrevoked, unexpired token matching ``where``; records its use (at most
+        once a minute, so that reads do not each write)."""
+        now = self.clock()
+        row = s.scalars(select(ApiToken).where(
+            where, ApiToken.revoked.is_(False),
+            or_(ApiToken.expires_at.is_(None), ApiToken.expires_at > now))).first()
+        if row is not None and (row.last_used_at is None or now - row.last_used_at > 60):
+            s.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
+        return row
+
     def check_token(self, token: str) -> tuple[str, frozenset[str]] | None:
-        """(token name, scopes) of a valid token, else None."""
-        with self.session() as s:
-            row = s.scalars(select(ApiToken).where(ApiToken.token_hash == hash_token(token),
-                                                   ApiToken.revoked.is_(False))).first()
+        """(token name, scopes) of a valid (unrevoked, unexpired) token, else None."""
+        with self.session() as s, s.begin():
+            row = self._valid_token(s, ApiToken.token_hash == hash_token(token))
             return (row.name, frozenset(row.scopes.split())) if row else None
+
+    def list_tokens(self) -> list[TokenInfo]:
+        """Every token, oldest first, without its secret (nor its hash)."""
+        with self.session() as s:
+            return [TokenInfo(t.name, tuple(t.scopes.split()), t.created_at, t.expires_at,
+                              t.last_used_at, t.revoked)
+                    for t in s.scalars(select(ApiToken).order_by(ApiToken.id))]
+
+    def revoke_token(self, name: str) -> int:
+        """Revoke every active token named ``name`` and end its web sessions; returns how
+        many were revoked."""
+        with self.session() as s, s.begin():
+            ids = list(s.scalars(select(ApiToken.id).where(ApiToken.name == name,
+                                                           ApiToken.revoked.is_(False))))
+            if ids:
+                s.execute(update(ApiToken).where(ApiToken.id.in_(ids)).values(revoked=True))
+                s.execute(delete(WebSession).where(WebSession.token_id.in_(ids)))
+            return len(ids)
+
+    def create_web_session(self, token: str, seconds: float) -> str | None:
+        """A new web session id for a valid ``token`` (``None`` if it is not), valid for
+        ``seconds`` at most and never past the token's expiry. Only its hash is stored."""
+        sid, now = secrets.token_urlsafe(32), self.clock()
+        with self.session() as s, s.begin():
+            row = self._valid_token(s, ApiToken.token_hash == hash_token(token))
+            if row is None:
+                return None
+            s.execute(delete(WebSession).where(WebSession.expires_at <= now))
+            end = now + seconds if row.expires_at is None else min(now + seconds, row.expires_at)
+            s.add(WebSession(session_hash=hash_token(sid), token_id=row.id, created_at=now,
+                             expires_at=end))
+        return sid
+
+    def check_web_session(self, sid: str) -> tuple[str, frozenset[str]] | None:
+        """(token name, scopes) of an unexpired session whose token is valid, else None."""
+        with self.session() as s, s.begin():
+            web = s.scalars(select(WebSession).where(
+                WebSession.session_hash == hash_token(sid),
+                WebSession.expires_at > self.clock())).first()
+            row = self._valid_token(s, ApiToken.id == web.token_id) if web else None
+            return (row.name, frozenset(row.scopes.split())) if row else None
+
+    def end_web_session(self, sid: str) -> None:
+        """Forget a web session (logout); unknown ids are ignored."""
+        with self.session() as s, s.begin():
+            s.execute(delete(WebSession).where(WebSession.session_hash == hash_token(sid)))
 
     # ---- queries -----------------------------------------------------------------------
     def job_counts(self) -> dict[str, int]:

@@ -1,8 +1,10 @@
 """The service's web page (Jinja2 templates, no build step): jobs, one job with its overlay, health.
 
 The browser authenticates with an API token (``read`` scope) entered once on
-``/ui/login``; it is kept in an HttpOnly cookie. The pages run no script and are served
-with :data:`CSP`: nothing but same-origin images and the templates' own style blocks.
+``/ui/login``; the browser then holds only a random session id (HttpOnly, SameSite=Strict,
+Secure over TLS cookie; the store keeps its hash, the token's id and an expiry), never the
+token. ``/ui/logout`` ends the session. The pages run no script and are served with
+:data:`CSP`: nothing but same-origin images and the templates' own style blocks.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from medinfer.serve.auth import COOKIE, Principal, require
 from medinfer.serve.models import Job, Result, Study
 from medinfer.serve.store import MAX_ID
 
-__all__ = ["CSP", "router"]
+__all__ = ["CSP", "SESSION_SECONDS", "router"]
+
+SESSION_SECONDS = 8 * 3600  # a web login lasts one working day at most
 
 _TEMPLATES = Path(__file__).parent / "templates"
 router = APIRouter(prefix="/ui", include_in_schema=False)
@@ -52,11 +56,24 @@ def login_form(request: Request, error: str = "") -> HTMLResponse:
 
 @router.post("/login")
 def login(request: Request, token: Annotated[str, Form()]) -> RedirectResponse:
-    found = request.app.state.store.check_token(token.strip())
-    if found is None:
+    sid = request.app.state.store.create_web_session(token.strip(), SESSION_SECONDS)
+    if sid is None:
         return RedirectResponse("/ui/login?error=invalid+token", status_code=303)
     response = RedirectResponse("/ui/", status_code=303)
-    response.set_cookie(COOKIE, token.strip(), httponly=True, samesite="strict")
+    response.set_cookie(COOKIE, sid, max_age=SESSION_SECONDS, path="/", httponly=True,
+                        samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+@router.api_route("/logout", methods=["GET", "POST"])
+def logout(request: Request) -> RedirectResponse:
+    """End the web session (server side) and clear its cookie."""
+    sid = request.cookies.get(COOKIE)
+    if sid:
+        request.app.state.store.end_web_session(sid)
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict",
+                           secure=request.url.scheme == "https")
     return response
 
 
