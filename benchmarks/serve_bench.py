@@ -45,7 +45,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from rich.logging import RichHandler
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "serve"))
+sys.path[:0] = [str(REPO / "tests" / "serve"), str(REPO / "tests")]  # helpers + shared_data
 from orthanc_pacs import Orthanc
 from serve_helpers import free_port
 
