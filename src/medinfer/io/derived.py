@@ -280,8 +280,9 @@ def write_sc(source: Dataset, picture: np.ndarray, out: Path, algorithm: str,
              series_number: int | None = None) -> tuple[Path, str]:
     """Write an RGB Secondary Capture of ``picture`` (``(rows, cols, 3)`` uint8) for ``source``.
 
-    The SC references ``source`` (Source Image Sequence and Referenced Series Sequence);
-    its series number defaults to :func:`derived_series_number`.
+    The SC references ``source`` (Source Image Sequence and Referenced Series Sequence)
+    and keeps its BurnedInAnnotation; its series number defaults to
+    :func:`derived_series_number`.
     """
     import highdicom as hd
 
@@ -299,6 +300,9 @@ def write_sc(source: Dataset, picture: np.ndarray, out: Path, algorithm: str,
         patient_orientation=_orientation(source),
         series_description=f"medinfer overlay {algorithm}"[:64])
     _reference_source(sc, source)
+    if source.get("BurnedInAnnotation") in ("YES", "NO"):
+        # the overlay shows the source's pixels, and so any text burned into them
+        sc.BurnedInAnnotation = source.BurnedInAnnotation
     out.parent.mkdir(parents=True, exist_ok=True)
     sc.save_as(out)
     return out, str(uid)

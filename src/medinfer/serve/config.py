@@ -95,6 +95,10 @@ class DestinationConfig(_Strict):
         kind: ``dimse`` (C-STORE SCU to ``host:port``/``ae_title``) or ``stow``
             (DICOMweb STOW-RS POST to ``url``).
         results: result kinds sent there (``seg``, ``sr``, ``sc``).
+        deidentify: an outside service: send it a de-identified copy of each result
+            (pseudonymous patient, IDs, dates and UIDs, the same for every object of a
+            study; see ``serve/deid.py``), never the stored file. False (a clinical
+            PACS): the result as stored, in the source study with the real patient.
     """
 
     name: str
@@ -104,6 +108,7 @@ class DestinationConfig(_Strict):
     ae_title: str | None = None
     url: str | None = None
     results: list[Literal["seg", "sr", "sc"]] = Field(default_factory=lambda: ["seg", "sr", "sc"])
+    deidentify: bool = False
 
     @model_validator(mode="after")
     def _complete(self) -> DestinationConfig:
@@ -196,7 +201,10 @@ class ServeConfig(_Strict):
         lease_seconds: how long a worker's job lease lasts without renewal; a dead
             worker's job is retried after this.
         max_attempts: a job failing (or its worker dying) this often is marked failed.
-        deidentify: apply the PS3.15 basic-profile subset before storing (see deid.py).
+        deidentify: deprecated; ``true`` sets ``deidentify`` on every destination, so
+            nothing leaves identified (the safer reading of the old key). Instances are
+            no longer de-identified at storage: results for a clinical PACS stay in the
+            source study; set ``deidentify`` per destination instead.
         seg_type: ``binary`` SEG (read by every SEG viewer) or ``labelmap`` (DICOM 2024;
             about twice as fast to write for many segments, larger uncompressed).
         limits: the largest input decoded (:class:`LimitsConfig`).
@@ -224,6 +232,17 @@ class ServeConfig(_Strict):
     delivery_retry_max_seconds: float = 60.0
     delivery_threads: int = Field(default=4, ge=1)
     log_format: Literal["json", "text"] = "json"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deidentify_everywhere(cls, data: object) -> object:
+        # The deprecated top-level key: every destination gets de-identified copies.
+        if not (isinstance(data, dict) and data.get("deidentify")):
+            return data
+        dests = [d.model_copy(update={"deidentify": True}) if isinstance(d, DestinationConfig)
+                 else {**d, "deidentify": True} if isinstance(d, dict) else d
+                 for d in data.get("destinations") or []]
+        return {**data, "destinations": dests}
 
     @property
     def db_url(self) -> str:

@@ -10,6 +10,10 @@ which a PACS stores once.
 The service sends in :class:`DeliveryLanes`: a few threads per destination, apart from
 the thread that closes studies, so a destination that hangs delays only its own
 deliveries; :meth:`DeliveryLanes.health` tells which destination hangs or fails.
+
+A destination with ``deidentify`` (an outside service) is sent a de-identified copy of
+each result (:mod:`medinfer.serve.deid`), never the stored file; the audit table records
+each such send (delivery, destination, kind, method; no patient values).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pydicom import dcmread
 from sqlalchemy import func, select
 
 from medinfer.serve.config import DestinationConfig, ServeConfig
+from medinfer.serve.deid import METHOD, deidentified_copy, load_key
 from medinfer.serve.store import Store
 
 __all__ = ["DeliveryError", "DeliveryLanes", "DestinationHealth", "deliver_due",
@@ -100,7 +105,11 @@ def deliver_one(config: ServeConfig, store: Store, dest: DestinationConfig, deli
         failed for good when the destination refused it).
     """
     try:
-        send(dest, Path(path), config.dicom.calling_ae_title)
+        if dest.deidentify:
+            with deidentified_copy(Path(path), load_key(config.storage)) as copy:
+                send(dest, copy, config.dicom.calling_ae_title)
+        else:
+            send(dest, Path(path), config.dicom.calling_ae_title)
     except DeliveryError as exc:
         error, retryable = str(exc), exc.retryable
     except Exception as exc:  # e.g. an unreadable result file: kept pending, with backoff
@@ -108,6 +117,9 @@ def deliver_one(config: ServeConfig, store: Store, dest: DestinationConfig, deli
         error, retryable = f"{type(exc).__name__}: {exc}", True
     else:
         store.mark_delivery(delivery_id, ok=True)
+        if dest.deidentify:
+            store.audit("delivery", "send-deidentified", target=f"delivery:{delivery_id}",
+                        detail=f"destination={dest.name} kind={kind} method={METHOD}")
         log.info("delivered", extra={"delivery": delivery_id, "destination": dest.name,
                                      "kind": kind})
         return ""

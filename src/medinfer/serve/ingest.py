@@ -36,7 +36,6 @@ from medinfer.io.dicom import (
 )
 from medinfer.io.limits import ReadLimits
 from medinfer.serve.config import ServeConfig
-from medinfer.serve.deid import deidentify
 from medinfer.serve.logs import hash_uid
 from medinfer.serve.routing import route_series
 from medinfer.serve.store import InstanceInfo, Store
@@ -240,8 +239,6 @@ class Receiver:
         """
         info = _info(ds, label)
         check_pixels(ds, label, self.limits)
-        if self.config.deidentify:
-            deidentify(ds)
         if not getattr(ds, "file_meta", None) or "TransferSyntaxUID" not in ds.file_meta:
             ds.file_meta = ds.file_meta if getattr(ds, "file_meta", None) else FileMetaDataset()
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
