@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from medinfer.errors import InputError
 from medinfer.io.limits import ReadLimits
+from medinfer.serve.tls import ClientTls, DicomTls, HttpTls, check_tls_files, resolve_paths
 
 __all__ = [
     "DestinationConfig",
@@ -99,6 +100,7 @@ class DestinationConfig(_Strict):
             (pseudonymous patient, IDs, dates and UIDs, the same for every object of a
             study; see ``serve/deid.py``), never the stored file. False (a clinical
             PACS): the result as stored, in the source study with the real patient.
+        tls: DICOM TLS to a ``dimse`` destination (:class:`~medinfer.serve.tls.ClientTls`).
     """
 
     name: str
@@ -109,6 +111,7 @@ class DestinationConfig(_Strict):
     url: str | None = None
     results: list[Literal["seg", "sr", "sc"]] = Field(default_factory=lambda: ["seg", "sr", "sc"])
     deidentify: bool = False
+    tls: ClientTls | None = None
 
     @model_validator(mode="after")
     def _complete(self) -> DestinationConfig:
@@ -116,13 +119,19 @@ class DestinationConfig(_Strict):
             raise ValueError(f"destination {self.name!r}: dimse needs host, port and ae_title")
         if self.kind == "stow" and not self.url:
             raise ValueError(f"destination {self.name!r}: stow needs url")
+        if self.kind == "stow" and self.tls is not None:
+            raise ValueError(f"destination {self.name!r}: tls is for dimse (stow: an "
+                             "https url)")
         return self
 
 
 class HttpConfig(_Strict):
+    """HTTP front door; HTTPS when ``tls`` is set (:class:`~medinfer.serve.tls.HttpTls`)."""
+
     host: str = "127.0.0.1"
     port: int = 8042
     max_upload_mb: float = 512.0
+    tls: HttpTls | None = None
 
 
 class LimitsConfig(_Strict):
@@ -165,6 +174,7 @@ class DicomConfig(_Strict):
         allowed_calling_aets: the only calling AE titles whose associations are
             accepted; required when the front door is enabled.
         calling_ae_title: the AE title medinfer uses when it sends (C-STORE SCU).
+        tls: DICOM TLS on the front door (:class:`~medinfer.serve.tls.DicomTls`).
     """
 
     ae_title: str = "MEDINFER"
@@ -172,6 +182,7 @@ class DicomConfig(_Strict):
     port: int | None = None
     allowed_calling_aets: list[str] = Field(default_factory=list)
     calling_ae_title: str = "MEDINFER"
+    tls: DicomTls | None = None
 
     @model_validator(mode="after")
     def _allow_list(self) -> DicomConfig:
@@ -254,12 +265,32 @@ class ServeConfig(_Strict):
         return int(self.http.max_upload_mb * 1024 * 1024)
 
     def resolved(self, base: Path) -> ServeConfig:
-        """A copy with relative storage and artifact paths made absolute against ``base``."""
+        """A copy with relative storage, artifact and certificate paths made absolute
+        against ``base``."""
         def absolute(p: Path) -> Path:
             return p if p.is_absolute() else (base / p).resolve()
 
+        def with_tls(section: _Strict) -> _Strict:
+            tls = getattr(section, "tls", None)
+            return section if tls is None else section.model_copy(
+                update={"tls": resolve_paths(tls, base)})
+
         routes = [r.model_copy(update={"artifact": absolute(r.artifact)}) for r in self.routes]
-        return self.model_copy(update={"storage": absolute(self.storage), "routes": routes})
+        return self.model_copy(update={
+            "storage": absolute(self.storage), "routes": routes,
+            "http": with_tls(self.http), "dicom": with_tls(self.dicom),
+            "destinations": [with_tls(d) for d in self.destinations]})
+
+    def check_tls(self) -> None:
+        """Load every configured certificate, key and CA file once.
+
+        Raises:
+            InputError: a file is missing or does not load (the message names it).
+        """
+        sections = [self.http, self.dicom, *self.destinations]
+        for tls in (s.tls for s in sections):
+            if tls is not None:
+                check_tls_files(tls)
 
 
 def load_config(path: str | Path, **overrides: object) -> ServeConfig:
@@ -267,7 +298,8 @@ def load_config(path: str | Path, **overrides: object) -> ServeConfig:
 
     Raises:
         InputError: the file is missing, not YAML, or fails validation (the message
-            names the offending fields).
+            names the offending fields), or a TLS certificate, key or CA file it names is
+            missing or does not load (the message names that file and the config).
     """
     path = Path(path)
     if not path.is_file():
@@ -284,4 +316,9 @@ def load_config(path: str | Path, **overrides: object) -> ServeConfig:
     except ValidationError as exc:
         errors = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
         raise InputError(path, f"invalid config: {errors}") from exc
-    return cfg.resolved(path.parent.resolve())
+    cfg = cfg.resolved(path.parent.resolve())
+    try:
+        cfg.check_tls()
+    except InputError as exc:
+        raise InputError(exc.path, f"{exc.reason} (in config {path})") from exc
+    return cfg

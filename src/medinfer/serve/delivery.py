@@ -31,6 +31,7 @@ from sqlalchemy import func, select
 from medinfer.serve.config import DestinationConfig, ServeConfig
 from medinfer.serve.deid import METHOD, deidentified_copy, load_key
 from medinfer.serve.store import Store
+from medinfer.serve.tls import client_context
 
 __all__ = ["DeliveryError", "DeliveryLanes", "DestinationHealth", "deliver_due",
            "deliver_one", "send"]
@@ -54,7 +55,9 @@ def send_dimse(dest: DestinationConfig, path: Path, calling_aet: str) -> None:
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
     ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    # DICOM TLS: the host name in the certificate must match dest.host
+    tls_args = None if dest.tls is None else (client_context(dest.tls), dest.host)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title, tls_args=tls_args)
     if not assoc.is_established:
         raise DeliveryError(f"association with {dest.ae_title}@{dest.host}:{dest.port} failed",
                             retryable=True)

@@ -10,7 +10,9 @@ transfer syntaxes whose pixel data pydicom can decode here
 association instead of having every instance refused. Each C-STORE is answered only
 after :meth:`Receiver.accept_dataset` wrote the instance (fsync) and recorded it,
 so a success status means the instance survives a crash. pynetdicom runs each
-association in its own thread.
+association in its own thread. With ``dicom.tls`` the port speaks DICOM TLS only
+(TLS >= 1.2; with ``require_client_cert``, only to clients whose certificate ``ca`` signed):
+:func:`medinfer.serve.tls.server_context`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from medinfer.errors import InputError
 from medinfer.serve.ingest import Receiver, check_dimse_dataset
 from medinfer.serve.logs import hash_uid
+from medinfer.serve.tls import server_context
 
 __all__ = ["decodable_transfer_syntaxes", "start_dimse"]
 
@@ -124,6 +127,10 @@ def start_dimse(receiver: Receiver, require_called_aet: bool | None = None) -> A
     handlers = [(evt.EVT_C_ECHO, _handle_echo),
                 (evt.EVT_C_STORE, _handle_store, [receiver]),
                 (evt.EVT_REJECTED, _handle_rejected, [receiver])]
-    server = ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers)
-    log.info("DICOM listening", extra={"ae_title": cfg.ae_title, "port": cfg.port})
+    tls = getattr(cfg, "tls", None)
+    ssl_context = None if tls is None else server_context(tls)
+    server = ae.start_server((cfg.host, cfg.port), block=False, evt_handlers=handlers,
+                             ssl_context=ssl_context)
+    log.info("DICOM listening", extra={"ae_title": cfg.ae_title, "port": cfg.port,
+                                       "tls": ssl_context is not None})
     return server

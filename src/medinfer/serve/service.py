@@ -65,7 +65,9 @@ class Service:
     @property
     def dicom_status(self) -> str:
         d = self.config.dicom
-        return f"{d.ae_title}@{d.host}:{d.port}" if d.port is not None else "disabled"
+        if d.port is None:
+            return "disabled"
+        return f"{d.ae_title}@{d.host}:{d.port}" + (" (TLS)" if d.tls is not None else "")
 
     def start_background(self) -> None:
         """Start DICOM, workers, the intake thread and the delivery lanes (non-blocking)."""
@@ -135,9 +137,12 @@ class Service:
         """
         import uvicorn
 
+        tls = self.config.http.tls
         server = uvicorn.Server(uvicorn.Config(
             self.app(), host=self.config.http.host, port=self.config.http.port,
-            log_config=None, access_log=False))
+            log_config=None, access_log=False,
+            ssl_certfile=None if tls is None else str(tls.cert),
+            ssl_keyfile=None if tls is None else str(tls.key)))
         received: list[str] = []
 
         def on_signal(sig: int, _frame: object) -> None:
@@ -147,7 +152,8 @@ class Service:
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         try:
             self.start_background()
-            log.info("service started", extra={"http": f"{self.config.http.host}:"
+            scheme = "http" if tls is None else "https"
+            log.info("service started", extra={"http": f"{scheme}://{self.config.http.host}:"
                                                        f"{self.config.http.port}",
                                                "dicom": self.dicom_status,
                                                "workers": self.config.workers})
