@@ -6,8 +6,8 @@ model, variants and inputs, alternating the two for ``--rounds`` rounds, and rec
 median of each stage per revision. Used to check that moving code behind the task layer
 did not slow a request down.
 
-    git worktree add /tmp/base 2589342
-    .venv/bin/python benchmarks/e2e_revisions.py --base-src /tmp/base/src --model models/polyp-resunet \\
+    git worktree add ../medinfer-base 2589342
+    .venv/bin/python benchmarks/e2e_revisions.py --base-src ../medinfer-base/src --model models/polyp-resunet \\
         --inputs ../shared/data/kvasir-seg/images/test_1*.jpg --out benchmarks/results/e2e_revisions.json
 """
 
@@ -41,6 +41,12 @@ def run_once(src: Path, model: str, variants: str, inputs: list[str], threads: i
         return json.loads(out.read_text())["variants"]
 
 
+def _revision(src: Path) -> str:
+    """The commit the other tree is checked out at (recorded instead of a machine's path)."""
+    out = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base-src", type=Path, required=True, help="src/ folder of the other revision")
@@ -66,7 +72,7 @@ def main() -> None:
                for t, rows in samples.items()}
     payload = {"command": " ".join(sys.argv), "machine": machine_info(), "versions": versions(),
                "model": a.model, "inputs": a.inputs, "rounds": a.rounds, "threads": a.threads,
-               "base_src": str(a.base_src), "median_ms": medians, "samples_ms": samples}
+               "base_revision": _revision(a.base_src), "median_ms": medians, "samples_ms": samples}
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(payload, indent=2) + "\n")
     for v in medians["this"]:

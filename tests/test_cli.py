@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from medinfer.cli import app
 from medinfer.data.pairs import find_pairs, materialize_pairs
 from medinfer.data.spec import Preprocessing
-from medinfer.train import TrainConfig, train_segmentation
+from medinfer.train import TrainConfig, run_training
 
 runner = CliRunner()
 
@@ -30,7 +30,7 @@ def tiny_artifact(tiny_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("art") / "tiny"
     cfg = TrainConfig(data=tiny_data, out=out, architecture="test_resunet", epochs=2, batch_size=4,
                       preprocessing=Preprocessing(size=(32, 32)))
-    train_segmentation(cfg, command="test")
+    run_training(cfg, command="test")
     return out
 
 

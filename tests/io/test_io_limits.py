@@ -4,12 +4,11 @@ pixel is decoded, with the size and the limit in the message; ``limits=None`` re
 from __future__ import annotations
 
 import io
-import tracemalloc
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 import pytest
+from peak_memory import Peak
 from PIL import Image as PILImage
 
 from medinfer.data.oversized import (
@@ -25,20 +24,6 @@ from medinfer.io.limits import ReadLimits
 from medinfer.io.readers import read_dicom_series, read_image, verify_image
 
 DEFAULTS = ReadLimits()
-
-
-class Peak:
-    """``with Peak() as p:`` ... ``p.bytes``: the most memory allocated inside (tracemalloc)."""
-
-    bytes = 0
-
-    def __enter__(self) -> Self:
-        tracemalloc.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bytes = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
 
 
 def refused(path: Path, limits: ReadLimits | None = DEFAULTS, read=read_image) -> str:

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import io
 import logging
-import tracemalloc
 import zlib
 from pathlib import Path
-from typing import Self
 
 import pytest
 import yaml
 from fastapi.testclient import TestClient
+from peak_memory import Peak
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import MRImageStorage  # type: ignore[attr-defined]
@@ -35,20 +34,6 @@ from medinfer.serve.ingest import (
 from medinfer.serve.models import Instance, Study
 from medinfer.serve.store import Store
 from medinfer.serve.stow import split_multipart
-
-
-class Peak:
-    """``with Peak() as p:`` ... ``p.bytes``: the most memory allocated inside (tracemalloc)."""
-
-    bytes = 0
-
-    def __enter__(self) -> Self:
-        tracemalloc.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bytes = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
 
 
 def auth(token: str) -> dict[str, str]:

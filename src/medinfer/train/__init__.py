@@ -11,8 +11,8 @@ from medinfer.train.config import (
     TrainConfig,
     VolumeTrainConfig,
 )
-from medinfer.train.fit import FitResult, fit, run_training, train_segmentation
+from medinfer.train.fit import FitResult, fit, run_training
 from medinfer.train.recipes import RECIPES, Recipe, recipe_for
 
 __all__ = ["RECIPES", "AnyTrainConfig", "ClassifyConfig", "FitConfig", "FitResult", "Recipe", "TrainConfig",
-           "VolumeTrainConfig", "fit", "recipe_for", "run_training", "train_segmentation"]
+           "VolumeTrainConfig", "fit", "recipe_for", "run_training"]

@@ -31,7 +31,7 @@ from medinfer.progress import status_progress
 from medinfer.runtime import EngineOptions
 from medinfer.runtime.torch_engine import TorchEngine
 from medinfer.tasks import task_for
-from medinfer.train.config import FitConfig, TrainConfig
+from medinfer.train.config import FitConfig
 from medinfer.train.recipes import Batch, Recipe, Split, recipe_for
 
 log = logging.getLogger(__name__)
@@ -257,8 +257,3 @@ def fit(recipe: Recipe[Any], cfg: FitConfig, command: str = "") -> FitResult:
 def run_training(cfg: FitConfig, command: str = "") -> FitResult:
     """:func:`fit` with the recipe of ``cfg.task``."""
     return fit(recipe_for(cfg), cfg, command)
-
-
-def train_segmentation(cfg: TrainConfig, command: str = "") -> FitResult:
-    """2D segmentation training (kept for callers of the first loop): ``run_training(cfg)``."""
-    return run_training(cfg, command)
