@@ -12,14 +12,16 @@ from __future__ import annotations
 import json
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.sr.coding import Code
 
+from medinfer.io.codes import SegmentCodes, finding_code, segment_codes
 from medinfer.io.writers import overlay
 
 __all__ = [
@@ -185,9 +187,31 @@ def _frames(mask: np.ndarray, n_sources: int) -> np.ndarray:
     return np.moveaxis(mask, -1, 0)
 
 
+def _segment_description(number: int, label: str, coded: SegmentCodes,
+                         algo: Any) -> Any:
+    """highdicom ``SegmentDescription`` of one segment, with its type modifier (which
+    highdicom's constructor does not take) nested in the type's item, as PS3.3 C.8.20.2
+    places it."""
+    import highdicom as hd
+    from pydicom.sequence import Sequence as DicomSequence
+
+    desc = hd.seg.SegmentDescription(
+        segment_number=number, segment_label=label[:64],
+        segmented_property_category=coded.category, segmented_property_type=coded.type,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algo,
+        anatomic_regions=[coded.region] if coded.region is not None else None)
+    if coded.modifier is not None:
+        m = coded.modifier
+        desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = \
+            DicomSequence([hd.sr.CodedConcept(m.value, m.scheme_designator, m.meaning)])
+    return desc
+
+
 def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, str],
               out: Path, algorithm: str, version: str, series_number: int | None = None,
-              labelmap: bool = False) -> tuple[Path, str]:
+              labelmap: bool = False,
+              codes: Mapping[str, SegmentCodes] | None = None) -> tuple[Path, str]:
     """Write a DICOM SEG with one segment per label value.
 
     Args:
@@ -201,25 +225,25 @@ def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, 
         labelmap: write a LABELMAP SEG (one frame per slice holding every segment; DICOM
             2024, fewer viewers read it) instead of a BINARY one (one frame per segment
             and slice, read everywhere).
+        codes: segment label -> codes that win over :func:`medinfer.io.codes.segment_codes`'s
+            table (e.g. :data:`medinfer.io.codes.HIPPOCAMPUS_DECATHLON`).
 
     Returns:
         (path, SOP Instance UID).
+
+    Raises:
+        ValueError: no segment, a segment named background, or a mask that does not fit.
     """
     import highdicom as hd
-    from pydicom.sr.codedict import codes
+    from pydicom.sr.codedict import codes as dicom_codes
 
     labels = sorted(v for v in segments if v > 0)
     if not labels:
         raise ValueError("a SEG needs at least one segment")
-    algo = hd.AlgorithmIdentificationSequence(name=algorithm, version=version,
-                                              family=codes.cid7162.ArtificialIntelligence)
-    descriptions = [hd.seg.SegmentDescription(
-        segment_number=i, segment_label=segments[v][:64],
-        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
-        segmented_property_type=hd.sr.CodedConcept(segments[v][:16], "99MEDINFER",
-                                                   segments[v][:64]),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=algo) for i, v in enumerate(labels, start=1)]
+    algo = hd.AlgorithmIdentificationSequence(
+        name=algorithm, version=version, family=dicom_codes.cid7162.ArtificialIntelligence)
+    descriptions = [_segment_description(i, segments[v], segment_codes(segments[v], codes), algo)
+                    for i, v in enumerate(labels, start=1)]
     # Label values -> consecutive segment numbers: highdicom takes a label map whose
     # values are segment numbers.
     lut = np.zeros(256, np.uint8)
@@ -345,20 +369,23 @@ def _orientation(ds: Dataset) -> tuple[str, str]:
 
 
 def write_sr(sources: Sequence[Dataset], scores: dict[str, float], thresholds: dict[str, float],
-             out: Path, algorithm: str, version: str,
-             series_number: int | None = None) -> tuple[Path, str]:
+             out: Path, algorithm: str, version: str, series_number: int | None = None,
+             codes: Mapping[str, Code] | None = None) -> tuple[Path, str]:
     """Write a Comprehensive SR (TID 1500 measurement report) of classification findings.
 
-    Each finding is one measurement group: the probability as a measurement (unit
-    ``{probability}``) and a qualitative evaluation Present/Absent at its threshold. The
-    series number defaults to :func:`derived_series_number`.
+    Each finding is one measurement group named by its concept
+    (:func:`medinfer.io.codes.finding_code`: SNOMED CT / DCM where known, else private):
+    the probability as a measurement (DCM *Probability*, unit ``{probability}``) and a
+    qualitative evaluation Present/Absent at its threshold (0.5 when not given). The
+    series number defaults to :func:`derived_series_number`; ``codes`` maps finding
+    names to concepts that win over the table.
     """
     import highdicom as hd
-    from pydicom.sr.codedict import codes
+    from pydicom.sr.codedict import codes as dicom_codes
 
     algo = hd.sr.AlgorithmIdentification(name=algorithm, version=version)
     device = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Device,
+        observer_type=dicom_codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=hd.UID(), name=algorithm[:64]))
     groups = []
@@ -368,19 +395,18 @@ def write_sr(sources: Sequence[Dataset], scores: dict[str, float], thresholds: d
     refs = [hd.sr.SourceImageForMeasurementGroup.from_source_image(evidence[0])]
     unit = hd.sr.CodedConcept("{probability}", "UCUM", "probability")
     for finding, p in sorted(scores.items()):
-        name = hd.sr.CodedConcept(finding[:16], "99MEDINFER", finding)
+        name = finding_code(finding, codes)
         t = thresholds.get(finding, 0.5)
-        present = codes.SCT.Present if p >= t else codes.SCT.Absent
+        present = dicom_codes.SCT.Present if p >= t else dicom_codes.SCT.Absent
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=finding),
             finding_type=name, algorithm_id=algo, source_images=refs,
-            measurements=[hd.sr.Measurement(name=codes.DCM.Probability if hasattr(
-                codes.DCM, "Probability") else name, value=float(p), unit=unit)],
+            measurements=[hd.sr.Measurement(name=dicom_codes.DCM.Probability, value=float(p),
+                                            unit=unit)],
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=name, value=present)]))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
-        procedure_reported=hd.sr.CodedConcept("363679005", "SCT", "Imaging procedure"),
-        imaging_measurements=groups)
+        procedure_reported=dicom_codes.SCT.ImagingProcedure, imaging_measurements=groups)
     uid = hd.UID()
     sr = hd.sr.ComprehensiveSR(
         evidence=evidence, content=report, series_instance_uid=hd.UID(),

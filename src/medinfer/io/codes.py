@@ -1,0 +1,269 @@
+"""Standard codes for the segments and findings that medinfer's models name.
+
+A DICOM SEG segment is identified by a *segmented property category* and *type* (plus an
+optional type modifier and anatomic region); a finding in an SR by its *concept name*.
+Viewers (OHIF, 3D Slicer, PACS) colour and group segments by these codes, and analytics
+match findings by them, so a name a model uses is mapped here to the standard's own code
+where one exists. Every standard value is taken from pydicom's code dictionaries
+(``pydicom.sr.codedict.codes``), never typed by hand.
+
+Lookup rules:
+
+* Names are compared after :func:`normalize`: case-insensitive, with runs of spaces,
+  underscores and hyphens read as one space (``"Pleural_Thickening"`` =
+  ``"pleural thickening"``).
+* A caller's ``overrides`` mapping (keys normalised the same way) wins over the table.
+* A segment name unknown to the table gets a private type (scheme ``99MEDINFER``, value
+  from :func:`private_value`) under the category *Morphologically abnormal structure*:
+  medinfer's segmentation models delineate lesions unless they say otherwise (an organ
+  model passes its codes in ``overrides`` or adds its names to the table).
+* A finding name unknown to the finding table is looked up as a segment type (a model
+  may classify ``"polyp"`` or ``"lesion"``), and otherwise gets a private code.
+* ``"background"`` is no segment: :func:`segment_codes` refuses it.
+
+Example:
+    >>> segment_codes("Polyp").type.value
+    '68496003'
+    >>> finding_code("Effusion").meaning
+    'Pleural effusion'
+    >>> finding_code("Hernia").scheme_designator
+    '99MEDINFER'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+__all__ = [
+    "HIPPOCAMPUS_DECATHLON",
+    "PRIVATE_SCHEME",
+    "SegmentCodes",
+    "finding_code",
+    "is_private",
+    "normalize",
+    "private_code",
+    "private_value",
+    "segment_codes",
+]
+
+PRIVATE_SCHEME = "99MEDINFER"
+_T = TypeVar("_T")
+_SH_MAX = 16  # Code Value is an SH: at most 16 characters
+_LO_MAX = 64  # Code Meaning is an LO: at most 64 characters
+
+
+@dataclass(frozen=True)
+class SegmentCodes:
+    """The codes of one SEG segment (Segment Description Macro, PS3.3 C.8.20.2).
+
+    Attributes:
+        category: Segmented Property Category (CID 7150), e.g. *Anatomical structure*.
+        type: Segmented Property Type (CID 7151), e.g. *Hippocampus*.
+        modifier: Segmented Property Type Modifier, e.g. *Anterior*; ``None`` when none.
+        region: Anatomic Region of the segment, e.g. *Brain* for a brain tumour; ``None``
+            when the type says it or the site is unknown.
+    """
+
+    category: Code
+    type: Code
+    modifier: Code | None = None
+    region: Code | None = None
+
+
+def normalize(name: str) -> str:
+    """Lookup key of ``name``: lower case, stripped, runs of spaces/``_``/``-`` as one space."""
+    return re.sub(r"[\s_\-]+", " ", name).strip().lower()
+
+
+def private_value(name: str) -> str:
+    """Private code value of ``name`` (at most 16 characters, the SH limit).
+
+    The normalised name upper-cased, with every run of other characters than ``A-Z0-9``
+    as ``-`` (``"Enhancing tumour"`` -> ``"ENHANCING-TUMOUR"``); a longer one is cut to 11
+    characters plus ``-`` and four hex digits of the SHA-1 of the normalised name
+    (``"Pleural_Thickening"`` -> ``"PLEURAL-THI-923E"``), so long names with the same
+    beginning stay apart and every spelling of a name gets the same value.
+
+    Raises:
+        ValueError: the name is empty once normalised.
+    """
+    key = normalize(name)
+    if not key:
+        raise ValueError(f"cannot code an empty name {name!r}")
+    value = re.sub(r"[^A-Z0-9]+", "-", key.upper()).strip("-") or "X"
+    if len(value) <= _SH_MAX:
+        return value
+    digest = hashlib.sha1(key.encode()).hexdigest()[:4].upper()
+    return f"{value[:_SH_MAX - 5]}-{digest}"
+
+
+def private_code(name: str) -> Code:
+    """The private (``99MEDINFER``) code of a name no standard code is known for."""
+    return Code(private_value(name), PRIVATE_SCHEME, name.strip()[:_LO_MAX] or name)
+
+
+def is_private(code: Code) -> bool:
+    """Whether ``code`` is one of medinfer's private codes."""
+    return code.scheme_designator == PRIVATE_SCHEME
+
+
+_LESION = codes.SCT.MorphologicallyAbnormalStructure
+_ANATOMY = codes.SCT.AnatomicalStructure
+
+
+def _lesion(kind: Code, region: Code | None = None) -> SegmentCodes:
+    return SegmentCodes(_LESION, kind, region=region)
+
+
+def _organ(kind: Code, modifier: Code | None = None) -> SegmentCodes:
+    return SegmentCodes(_ANATOMY, kind, modifier=modifier)
+
+
+def _private_lesion(name: str, region: Code | None = None) -> SegmentCodes:
+    return SegmentCodes(_LESION, private_code(name), region=region)
+
+
+# Segment names -> codes. Polyp: pydicom has no plain "Polyp" morphology, so the Kvasir-SEG
+# (colonoscopy) polyp is "Polyp of colon" (CID 6201) in the colon. BraTS sub-regions that
+# pydicom has no concept for (enhancing tumour, tumour core) keep private types.
+_SEGMENTS: dict[str, SegmentCodes] = {
+    "polyp": _lesion(codes.SCT.PolypOfColon, codes.SCT.Colon),
+    "colon polyp": _lesion(codes.SCT.PolypOfColon, codes.SCT.Colon),
+    "polyp of colon": _lesion(codes.SCT.PolypOfColon, codes.SCT.Colon),
+    "lesion": _lesion(codes.SCT.Lesion),
+    "tumour": _lesion(codes.SCT.Neoplasm),
+    "tumor": _lesion(codes.SCT.Neoplasm),
+    "neoplasm": _lesion(codes.SCT.Neoplasm),
+    "whole tumour": _lesion(codes.SCT.Neoplasm),
+    "whole tumor": _lesion(codes.SCT.Neoplasm),
+    "brain tumour": _lesion(codes.SCT.Neoplasm, codes.SCT.Brain),
+    "brain tumor": _lesion(codes.SCT.Neoplasm, codes.SCT.Brain),
+    "glioblastoma": _lesion(codes.SCT.Glioblastoma, codes.SCT.Brain),
+    "necrosis": _lesion(codes.SCT.Necrosis),
+    "necrotic core": _lesion(codes.SCT.Necrosis),
+    "edema": _lesion(codes.SCT.Edema),
+    "oedema": _lesion(codes.SCT.Edema),
+    "peritumoral edema": _lesion(codes.SCT.Edema),
+    "peritumoural oedema": _lesion(codes.SCT.Edema),
+    "enhancing tumour": _private_lesion("enhancing tumour"),
+    "enhancing tumor": _private_lesion("enhancing tumour"),
+    "tumour core": _private_lesion("tumour core"),
+    "tumor core": _private_lesion("tumour core"),
+    "liver tumour": _lesion(codes.SCT.Neoplasm, codes.SCT.Liver),
+    "liver tumor": _lesion(codes.SCT.Neoplasm, codes.SCT.Liver),
+    "nodule": _lesion(codes.SCT.Nodule),
+    "mass": _lesion(codes.SCT.Mass),
+    "cyst": _lesion(codes.SCT.Cyst),
+    "liver": _organ(codes.SCT.Liver),
+    "brain": _organ(codes.SCT.Brain),
+    "lung": _organ(codes.SCT.Lung),
+    "heart": _organ(codes.SCT.Heart),
+    "kidney": _organ(codes.SCT.Kidney),
+    "spleen": _organ(codes.SCT.Spleen),
+    "pancreas": _organ(codes.SCT.Pancreas),
+    "prostate": _organ(codes.SCT.Prostate),
+    "colon": _organ(codes.SCT.Colon),
+    "hippocampus": _organ(codes.SCT.Hippocampus),
+    "hippocampus anterior": _organ(codes.SCT.Hippocampus, codes.SCT.Anterior),
+    "anterior hippocampus": _organ(codes.SCT.Hippocampus, codes.SCT.Anterior),
+    "hippocampus posterior": _organ(codes.SCT.Hippocampus, codes.SCT.Posterior),
+    "posterior hippocampus": _organ(codes.SCT.Hippocampus, codes.SCT.Posterior),
+}
+
+# Medical Segmentation Decathlon Task04 names its labels "Anterior" and "Posterior" (of
+# the hippocampus). Bare "anterior" says nothing about the structure, so it is not in
+# the table: a hippocampus model passes this mapping as ``overrides``.
+HIPPOCAMPUS_DECATHLON: Mapping[str, SegmentCodes] = {
+    "anterior": _SEGMENTS["hippocampus anterior"],
+    "posterior": _SEGMENTS["hippocampus posterior"],
+}
+
+_NOT_SEGMENTS = frozenset({"background"})
+
+# Classification findings -> concept names. The ChestX-ray14 names of the chest X-ray
+# model: "Effusion" and "Edema" are pleural effusion and pulmonary oedema there;
+# "Infiltration" is DICOM's chest finding "Infiltrate" (CID 6102). Atelectasis,
+# Pneumonia, Consolidation, Emphysema, Pleural_Thickening and Hernia have no concept in
+# pydicom's dictionary (only narrower ones: plate-like atelectasis, mediastinal
+# emphysema) and keep private codes.
+_FINDINGS: dict[str, Code] = {
+    "cardiomegaly": codes.SCT.Cardiomegaly,
+    "effusion": codes.SCT.PleuralEffusion,
+    "pleural effusion": codes.SCT.PleuralEffusion,
+    "infiltration": codes.DCM.Infiltrate,
+    "infiltrate": codes.DCM.Infiltrate,
+    "mass": codes.SCT.Mass,
+    "nodule": codes.SCT.Nodule,
+    "pneumothorax": codes.SCT.Pneumothorax,
+    "edema": codes.SCT.PulmonaryEdema,
+    "oedema": codes.SCT.PulmonaryEdema,
+    "pulmonary edema": codes.SCT.PulmonaryEdema,
+    "fibrosis": codes.SCT.Fibrosis,
+    "normal": codes.SCT.Normal,
+    "no finding": codes.SCT.Normal,
+    "no findings": codes.SCT.Normal,
+}
+
+
+def _override(name: str, overrides: Mapping[str, _T] | None) -> _T | None:
+    """The caller's entry for ``name`` in ``overrides`` (keys compared normalised)."""
+    key = normalize(name)
+    for given, value in (overrides or {}).items():
+        if normalize(given) == key:
+            return value
+    return None
+
+
+def segment_codes(name: str, overrides: Mapping[str, SegmentCodes] | None = None
+                  ) -> SegmentCodes:
+    """The codes of the segment ``name`` (a model's label name).
+
+    Args:
+        name: segment label, e.g. ``"tumour"``, ``"Hippocampus_Anterior"``.
+        overrides: name -> codes that win over the table (names normalised alike), e.g.
+            :data:`HIPPOCAMPUS_DECATHLON`.
+
+    Returns:
+        Standard codes where known; else a private type under *Morphologically
+        abnormal structure*.
+
+    Raises:
+        ValueError: ``name`` is empty or names the background (and is not overridden).
+    """
+    found = _override(name, overrides)
+    if found is None:
+        found = _SEGMENTS.get(normalize(name))
+    if found is not None:
+        return found
+    if normalize(name) in _NOT_SEGMENTS:
+        raise ValueError(f"{name!r} is the background, not a segment")
+    return _private_lesion(name)
+
+
+def finding_code(name: str, overrides: Mapping[str, Code] | None = None) -> Code:
+    """The concept name of the classification finding ``name`` (a model's class name).
+
+    Args:
+        name: class name, e.g. ``"Pneumothorax"``, ``"Pleural_Thickening"``.
+        overrides: name -> concept that wins over the table (names normalised alike).
+
+    Returns:
+        A pydicom :class:`~pydicom.sr.coding.Code` (highdicom takes it wherever it takes a
+        ``CodedConcept``): the standard concept where known, else a private one.
+    """
+    found = _override(name, overrides)
+    if found is None:
+        found = _FINDINGS.get(normalize(name))
+    if found is not None:
+        return found
+    segment = _SEGMENTS.get(normalize(name))  # a finding may be a segment's kind (polyp)
+    if segment is not None and segment.modifier is None and not is_private(segment.type):
+        return segment.type
+    return private_code(name)
