@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("pynetdicom")
 pytest.importorskip("highdicom")
+
+from postgres_server import PostgresServer, require_postgres
 
 from medinfer.serve.config import ServeConfig
 from medinfer.serve.ingest import Receiver
@@ -72,3 +75,24 @@ def store(make_config, clock: FakeClock) -> Store:
 @pytest.fixture
 def receiver(make_config, store) -> Receiver:
     return Receiver(make_config(), store)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> PostgresServer:
+    """A PostgreSQL server for this test session (started on first use)."""
+    with PostgresServer(require_postgres()) as pg:
+        yield pg
+
+
+@pytest.fixture
+def pg_url(pg_server: PostgresServer, request: pytest.FixtureRequest) -> str:
+    """URL of a new, empty PostgreSQL database for this test."""
+    return pg_server.new_database("t_" + hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:16])
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The job store's database, once on SQLite and once on a real PostgreSQL server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+    return request.getfixturevalue("pg_url")

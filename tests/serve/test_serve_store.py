@@ -1,4 +1,5 @@
-"""Job store: leases are exclusive, expired leases are taken over, completion happens once."""
+"""Job store: leases are exclusive, expired leases are taken over, completion happens once;
+each on SQLite and on a real PostgreSQL server (``db_url``)."""
 
 from __future__ import annotations
 
@@ -27,10 +28,17 @@ def queue_jobs(store: Store, n: int) -> list[int]:
 
 
 @pytest.fixture
-def clocked(tmp_path) -> tuple[Store, Clock]:
+def clocked(db_url: str) -> tuple[Store, Clock]:
     clock = Clock()
-    s = Store(f"sqlite:///{tmp_path / 'db.sqlite'}", clock=clock)
+    s = Store(db_url, clock=clock)
     yield s, clock
+    s.close()
+
+
+@pytest.fixture
+def store(db_url: str) -> Store:  # this module's store: on both databases
+    s = Store(db_url)
+    yield s
     s.close()
 
 
@@ -124,8 +132,8 @@ def test_input_errors_fail_at_once(store: Store) -> None:
     assert store.fail_attempt(job_id, job.token, "InputError: bad", 3, retryable=False) == "failed"
 
 
-def test_restart_resumes_queued_work(tmp_path) -> None:
-    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+def test_restart_resumes_queued_work(db_url: str) -> None:
+    url = db_url
     first = Store(url)
     jobs = queue_jobs(first, 3)
     first.lease_job("w", 30, 3)
@@ -147,3 +155,31 @@ def test_tokens_are_stored_hashed_with_scopes(store: Store) -> None:
 
     with store.session() as s:
         assert all(token not in (t.token_hash, t.name) for t in s.query(ApiToken))
+
+
+def test_a_database_of_an_older_version_gains_the_new_columns(db_url: str) -> None:
+    from sqlalchemy import inspect, text
+
+    from medinfer.serve.models import ADDED_COLUMNS
+
+    Store(db_url).close()
+    first = Store(db_url)
+    with first.engine.begin() as conn:  # as the first release made it
+        for index in inspect(first.engine).get_indexes("results"):
+            if "study_uid" in index["column_names"]:
+                conn.execute(text(f"DROP INDEX {index['name']}"))
+        for table, column, _ in ADDED_COLUMNS:
+            conn.execute(text(f"ALTER TABLE {table} DROP COLUMN {column}"))
+    first.close()
+    for _ in range(2):  # idempotent
+        store = Store(db_url)
+        queue_jobs(store, 1)
+        job = store.lease_job("w", 30, 3)
+        result = ResultFile("seg", "/r.dcm", "application/dicom", "1.9", study_uid="1.8")
+        assert store.complete_job(job.id, job.token, [result], {"seg": ["pacs"]}, {}, {})
+        assert store.claim_delivery("pacs", "h:1:lanes", 10) is not None
+        store.close()
+    have = inspect(Store(db_url).engine)
+    for table, column, _ in ADDED_COLUMNS:
+        assert column in {c["name"] for c in have.get_columns(table)}, (table, column)
+    assert any("study_uid" in i["column_names"] for i in have.get_indexes("results"))

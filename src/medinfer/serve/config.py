@@ -222,6 +222,10 @@ class ServeConfig(_Strict):
         delivery_retry_seconds: first retry delay; doubles up to ``delivery_retry_max_seconds``.
         delivery_threads: sends in flight at once, split evenly among the destinations
             (at least one each), so a destination that hangs holds only its own share.
+        delivery_lease_seconds: how long a sender's claim on a delivery lasts, so that
+            several service processes on one database never send one result twice; longer
+            than the longest send (a C-STORE times out after 30 s per network step, a
+            STOW-RS POST after 60 s). A delivery whose sender died is sent again after it.
     """
 
     storage: Path = Path("runs/serve")
@@ -242,6 +246,7 @@ class ServeConfig(_Strict):
     delivery_retry_seconds: float = 2.0
     delivery_retry_max_seconds: float = 60.0
     delivery_threads: int = Field(default=4, ge=1)
+    delivery_lease_seconds: float = Field(default=180.0, gt=0)
     log_format: Literal["json", "text"] = "json"
 
     @model_validator(mode="before")

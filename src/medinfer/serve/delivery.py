@@ -19,6 +19,8 @@ each such send (delivery, destination, kind, method; no patient values).
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 import uuid
@@ -137,17 +139,26 @@ def deliver_one(config: ServeConfig, store: Store, dest: DestinationConfig, deli
 
 
 def deliver_due(config: ServeConfig, store: Store) -> int:
-    """Try every pending delivery whose retry time has come, one after the other, in the
-    calling thread; returns how many were sent. (The service uses :class:`DeliveryLanes`.)"""
-    dests = {d.name: d for d in config.destinations}
-    sent = 0
-    for delivery_id, name, kind, path in store.due_deliveries():
-        dest = dests.get(name)
-        if dest is None:
-            store.mark_delivery(delivery_id, ok=False, error=f"destination {name!r} not configured")
-            continue
-        sent += not deliver_one(config, store, dest, delivery_id, kind, path)
+    """Try every pending delivery whose retry time has come once, one after the other, in
+    the calling thread, claiming each as the lanes do; returns how many were sent. (The
+    service uses :class:`DeliveryLanes`.)"""
+    fail_unconfigured(config, store)
+    owner, sent, tried = sender_name("deliver-due"), 0, set()
+    for dest in config.destinations:
+        while (claim := store.claim_delivery(dest.name, owner,
+                                             config.delivery_lease_seconds)) is not None:
+            delivery_id, kind, path = claim
+            if delivery_id in tried:  # retried with no delay: once per call is enough
+                break
+            tried.add(delivery_id)
+            sent += not deliver_one(config, store, dest, delivery_id, kind, path)
     return sent
+
+
+def sender_name(role: str) -> str:
+    """Who holds a delivery claim: ``host:pid:role`` (several service processes, even on
+    one host, never share a name)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{role}"
 
 
 @dataclass(frozen=True)
@@ -195,8 +206,11 @@ class DeliveryLanes:
     least one lane each), so a destination that hangs (a C-STORE may wait 30 s per network
     step, a STOW-RS POST 60 s) holds only its own lanes: studies are still closed and
     routed, and other destinations still receive. Lanes of one destination never send the
-    same delivery at the same time. The threads are daemons: a send still hanging when the
-    process exits is abandoned; the delivery, still pending, is sent again on the next start.
+    same delivery at the same time, nor do the lanes of another service process on the same
+    database: each send starts with a claim in the database (:meth:`Store.claim_delivery`).
+    The threads are daemons: a send still hanging when the process exits is abandoned; the
+    delivery, still pending, is sent again once its claim is released (:meth:`stop`, or the
+    next start on this host when the process was killed) or has expired.
 
     Args:
         config: the service config (destinations, ``delivery_threads``, retry delays).
@@ -210,15 +224,22 @@ class DeliveryLanes:
         self.config, self.store = config, store
         self.poll, self.stall = poll_seconds, stall_seconds
         self._lock = threading.Lock()  # guards _in_flight and _records
-        self._claiming = {d.name: threading.Lock() for d in config.destinations}
+        self.owner = sender_name("lanes")
         self._in_flight: dict[int, tuple[str, float]] = {}  # id -> (destination, started)
         self._records = {d.name: _Record() for d in config.destinations}
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
-        """Fail deliveries to destinations no longer configured; start the lanes."""
+        """Fail deliveries to destinations no longer configured, release the claims of
+        dead senders on this host; start the lanes."""
         fail_unconfigured(self.config, self.store)
+        host = socket.gethostname()
+        dead = [o for o in self.store.delivery_claim_owners()
+                if o.split(":")[0] == host and not _pid_alive(o.split(":")[1])]
+        if dead:
+            released = self.store.release_delivery_claims(dead)
+            log.info("released claims of dead senders", extra={"deliveries": released})
         dests = self.config.destinations
         lanes = max(1, self.config.delivery_threads // len(dests)) if dests else 0
         for dest in dests:
@@ -234,6 +255,8 @@ class DeliveryLanes:
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        if self._threads and not any(t.is_alive() for t in self._threads):
+            self.store.release_delivery_claims([self.owner])
 
     def health(self) -> dict[str, DestinationHealth]:
         """Each configured destination's :class:`DestinationHealth`, by name.
@@ -266,16 +289,17 @@ class DeliveryLanes:
                 self._stop.wait(self.poll)
 
     def _send_next(self, dest: DestinationConfig) -> bool:
-        """Send the next due delivery to ``dest`` that no other lane sends; False if none."""
-        with self._claiming[dest.name]:
-            with self._lock:
-                skip = [i for i, (n, _) in self._in_flight.items() if n == dest.name]
-            due = due_for(self.store, dest.name, skip, limit=1)
-            if not due:
-                return False
-            delivery_id, kind, path = due[0]
-            with self._lock:
-                self._in_flight[delivery_id] = (dest.name, self.store.clock())
+        """Claim and send the next due delivery to ``dest``; False if none is due.
+
+        The claim (:meth:`Store.claim_delivery`) keeps every other lane, of this process or
+        of another service process on the same database, from sending it meanwhile."""
+        claim = self.store.claim_delivery(dest.name, self.owner,
+                                          self.config.delivery_lease_seconds)
+        if claim is None:
+            return False
+        delivery_id, kind, path = claim
+        with self._lock:
+            self._in_flight[delivery_id] = (dest.name, self.store.clock())
         try:
             error = deliver_one(self.config, self.store, dest, delivery_id, kind, path)
         except Exception as exc:
@@ -294,22 +318,6 @@ class DeliveryLanes:
                 r.failures, r.last_error, r.last_failed_at = r.failures + 1, error, now
             else:
                 r.failures, r.last_error, r.last_sent_at = 0, "", now
-
-
-def due_for(store: Store, destination: str, skip: list[int],
-            limit: int) -> list[tuple[int, str, str]]:
-    """Pending deliveries to ``destination`` whose retry time has come, oldest first, but
-    those in ``skip`` (in flight): (id, result kind, path)."""
-    from medinfer.serve.models import Delivery, Result
-
-    query = (select(Delivery.id, Result.kind, Result.path)
-             .join(Result, Result.id == Delivery.result_id)
-             .where(Delivery.destination == destination, Delivery.state == "pending",
-                    Delivery.next_attempt_at <= store.clock()))
-    if skip:
-        query = query.where(Delivery.id.not_in(skip))
-    with store.session() as s:
-        return [tuple(r) for r in s.execute(query.order_by(Delivery.id).limit(limit))]  # type: ignore[misc]
 
 
 def pending_counts(store: Store) -> dict[str, int]:
@@ -333,6 +341,19 @@ def fail_unconfigured(config: ServeConfig, store: Store) -> int:
     for delivery_id, name in rows:
         store.mark_delivery(delivery_id, ok=False, error=f"destination {name!r} not configured")
     return len(rows)
+
+
+def _pid_alive(pid: str) -> bool:
+    """Whether a process ``pid`` (as text) runs on this host; True when unsure."""
+    try:
+        os.kill(int(pid), 0)
+    except ValueError:
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _attempts(store: Store, delivery_id: int) -> int:

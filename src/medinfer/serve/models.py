@@ -92,7 +92,12 @@ ADDED_COLUMNS = (("instances", "digest", "VARCHAR(64) DEFAULT ''"),
                  ("jobs", "supersedes", "INTEGER"),
                  ("jobs", "deliver_after", "FLOAT"),
                  ("tokens", "expires_at", "FLOAT"),
-                 ("tokens", "last_used_at", "FLOAT"))
+                 ("tokens", "last_used_at", "FLOAT"),
+                 ("results", "study_uid", "VARCHAR(128) DEFAULT ''"),
+                 ("results", "series_uid", "VARCHAR(128) DEFAULT ''"),
+                 ("results", "sop_class_uid", "VARCHAR(128) DEFAULT ''"),
+                 ("deliveries", "lease_owner", "VARCHAR(128)"),
+                 ("deliveries", "lease_expires", "FLOAT"))
 
 
 class Result(Base):
@@ -105,11 +110,20 @@ class Result(Base):
     path: Mapped[str] = mapped_column(Text)
     media_type: Mapped[str] = mapped_column(String(64))
     sop_uid: Mapped[str] = mapped_column(String(128), default="")
+    # DICOM results only (what QIDO-RS answers from): the result object's own UIDs
+    study_uid: Mapped[str] = mapped_column(String(128), default="", index=True)
+    series_uid: Mapped[str] = mapped_column(String(128), default="")
+    sop_class_uid: Mapped[str] = mapped_column(String(128), default="")
 
 
 class Delivery(Base):
     """Sending one result to one destination: pending -> sent | failed, or pending ->
-    superseded when its job's series changed before it was sent."""
+    superseded when its job's series changed before it was sent.
+
+    A sender (a delivery lane of any service process on this database) claims a pending
+    delivery by setting ``lease_owner`` and ``lease_expires``; no other sender takes it
+    before the lease ends (:meth:`~medinfer.serve.store.Store.claim_delivery`).
+    """
 
     __tablename__ = "deliveries"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -120,6 +134,8 @@ class Delivery(Base):
     next_attempt_at: Mapped[float] = mapped_column(Float, default=0.0)
     sent_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str] = mapped_column(Text, default="")
+    lease_owner: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    lease_expires: Mapped[float | None] = mapped_column(Float, nullable=True)
 
 
 class AuditEvent(Base):

@@ -61,6 +61,7 @@ class Service:
         self._ctx = mp.get_context("spawn")
         self._worker_stop = self._ctx.Event()
         self.workers: list[Any] = []
+        self._ready: list[Any] = []  # per worker: set once its models are warmed up
 
     @property
     def dicom_status(self) -> str:
@@ -75,6 +76,7 @@ class Service:
             from medinfer.serve.dimse import start_dimse
 
             self._dimse = start_dimse(self.receiver)
+        self._ready = [self._ctx.Event() for _ in range(self.config.workers)]
         self.workers = [self._spawn_worker(i) for i in range(self.config.workers)]
         t = threading.Thread(target=self._intake, name="intake", daemon=True)
         t.start()
@@ -87,8 +89,9 @@ class Service:
         # On Linux a worker gets SIGTERM when the thread that spawned it ends (prctl
         # PDEATHSIG), so workers come only from the main thread and the intake thread,
         # which both live until stop() has stopped the workers.
+        self._ready[n] = self._ctx.Event()  # a restarted worker warms up again
         p = self._ctx.Process(target=run_worker, args=(self.config, None, self._worker_stop),
-                              kwargs={"parent_pid": os.getpid()},
+                              kwargs={"parent_pid": os.getpid(), "ready": self._ready[n]},
                               name=f"medinfer-worker-{n}", daemon=True)
         p.start()
         return p
@@ -115,12 +118,21 @@ class Service:
         in flight, last error): see :class:`~medinfer.serve.delivery.DestinationHealth`."""
         return self.deliveries.health()
 
+    def worker_readiness(self) -> dict[str, int]:
+        """Worker processes configured, and ready (their models loaded, compiled and run
+        once: :meth:`~medinfer.serve.worker.Worker.warm_up`)."""
+        ready = sum(1 for p, e in zip(self.workers, self._ready, strict=False)
+                    if e.is_set() and p.is_alive())
+        return {"configured": self.config.workers, "ready": ready}
+
     def app(self) -> Any:
-        """The HTTP app; ``app.state.destination_health`` is :meth:`destination_health`."""
+        """The HTTP app; ``app.state.destination_health`` is :meth:`destination_health`,
+        ``app.state.worker_readiness`` :meth:`worker_readiness` (both in ``/health``)."""
         from medinfer.serve.api import create_app
 
         app = create_app(self.config, self.store, self.receiver, self.dicom_status)
         app.state.destination_health = self.destination_health
+        app.state.worker_readiness = self.worker_readiness
         return app
 
     def serve_forever(self) -> None:

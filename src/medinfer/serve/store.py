@@ -130,6 +130,9 @@ class ResultFile:
     path: str
     media_type: str
     sop_uid: str = ""
+    study_uid: str = ""  # DICOM results: the object's Study/Series/SOP Class UIDs
+    series_uid: str = ""
+    sop_class_uid: str = ""
 
 
 def hash_token(token: str) -> str:
@@ -175,6 +178,9 @@ class Store:
             for table, column, sql_type in ADDED_COLUMNS:
                 if column not in have[table]:
                     conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+            for table in have:  # and the indexes on them
+                for index in Base.metadata.tables[table].indexes:
+                    index.create(conn, checkfirst=True)
 
     def session(self) -> Session:
         return self._session()
@@ -326,7 +332,10 @@ class Store:
             leasable = or_(Job.state == "queued",
                            (Job.state == "running") & (Job.lease_expires < now))
             with self.session() as s, s.begin():
-                cand = s.scalars(select(Job).where(leasable).order_by(Job.id).limit(1)).first()
+                # PostgreSQL: a candidate another node is leasing now is skipped, not waited
+                # for (SQLite ignores FOR UPDATE: its writers are serialized anyway)
+                cand = s.scalars(select(Job).where(leasable).order_by(Job.id).limit(1)
+                                 .with_for_update(skip_locked=True)).first()
                 if cand is None:
                     return None
                 if cand.state == "running" and cand.attempts >= max_attempts:
@@ -382,7 +391,8 @@ class Store:
                 return False
             for r in results:
                 row = Result(job_id=job_id, kind=r.kind, path=r.path, media_type=r.media_type,
-                             sop_uid=r.sop_uid)
+                             sop_uid=r.sop_uid, study_uid=r.study_uid, series_uid=r.series_uid,
+                             sop_class_uid=r.sop_class_uid)
                 s.add(row)
                 s.flush()
                 for dest in destinations.get(r.kind, []):
@@ -425,9 +435,57 @@ class Store:
                              .order_by(Delivery.id).limit(limit))
             return [tuple(r) for r in rows]  # type: ignore[misc]
 
+    def claim_delivery(self, destination: str, owner: str,
+                       lease_seconds: float) -> tuple[int, str, str] | None:
+        """Take the oldest due, unclaimed pending delivery to ``destination`` for
+        ``lease_seconds``: no other sender (another lane, another service process on this
+        database) takes it before :meth:`mark_delivery` or the lease's end.
+
+        The same compare-and-set as :meth:`lease_job` (PostgreSQL skips rows another
+        node is claiming). A claim outlives a sender that died while sending: the
+        delivery is sent again after ``lease_seconds`` (at-least-once).
+
+        Returns:
+            (delivery id, result kind, result path), or None when nothing is due.
+        """
+        for _ in range(20):
+            now = self.clock()
+            claimable = ((Delivery.destination == destination) & (Delivery.state == "pending")
+                         & (Delivery.next_attempt_at <= now)
+                         & or_(Delivery.lease_expires.is_(None), Delivery.lease_expires < now))
+            with self.session() as s, s.begin():
+                cand = s.scalars(select(Delivery.id).where(claimable).order_by(Delivery.id)
+                                 .limit(1).with_for_update(skip_locked=True)).first()
+                if cand is None:
+                    return None
+                won = s.execute(update(Delivery).where(Delivery.id == cand, claimable).values(
+                    lease_owner=owner, lease_expires=now + lease_seconds)).rowcount
+                if won != 1:
+                    continue
+                kind, path = s.execute(select(Result.kind, Result.path).join(
+                    Delivery, Delivery.result_id == Result.id).where(Delivery.id == cand)).one()
+                return cand, kind, path
+        return None
+
+    def delivery_claim_owners(self) -> list[str]:
+        """Who holds an unexpired claim on a pending delivery (:meth:`claim_delivery`)."""
+        with self.session() as s:
+            return list(s.scalars(select(Delivery.lease_owner).distinct().where(
+                Delivery.state == "pending", Delivery.lease_owner.is_not(None),
+                Delivery.lease_expires >= self.clock())))
+
+    def release_delivery_claims(self, owners: list[str]) -> int:
+        """End the claims ``owners`` hold on pending deliveries (a stopped or dead
+        sender's), so they are sent without waiting for the claims to expire; how many."""
+        with self.session() as s, s.begin():
+            return s.execute(update(Delivery).where(
+                Delivery.state == "pending", Delivery.lease_owner.in_(owners))
+                .values(lease_owner=None, lease_expires=None)).rowcount
+
     def mark_delivery(self, delivery_id: int, ok: bool, error: str = "",
                       retry_after: float | None = None) -> None:
-        """Record one delivery attempt: sent, retry later (``retry_after`` s) or failed."""
+        """Record one delivery attempt: sent, retry later (``retry_after`` s) or failed;
+        the claim on it ends (:meth:`claim_delivery`)."""
         now = self.clock()
         with self.session() as s, s.begin():
             d = s.get(Delivery, delivery_id)
@@ -435,6 +493,7 @@ class Store:
                 return
             d.attempts += 1
             d.error = error[:2000]
+            d.lease_owner, d.lease_expires = None, None
             if ok:
                 d.state, d.sent_at = "sent", now
             elif retry_after is None:
