@@ -111,6 +111,7 @@ class HealthOut(BaseModel):
     jobs: dict[str, int]
     deliveries: dict[str, int]
     destinations: dict[str, dict[str, object]] = {}
+    workers: dict[str, int] = {}  # the service's own: configured, ready (models warmed up)
 
 
 class TokenIn(BaseModel):
@@ -162,6 +163,7 @@ def create_app(config: ServeConfig, store: Store, receiver: Receiver | None = No
         receiver: stores uploads (built from ``config``/``store`` when None).
         dicom_status: shown by ``/health`` (e.g. ``"MEDINFER@11112"``).
     """
+    from medinfer.serve.dicomweb import router as dicomweb_router
     from medinfer.serve.web import CSP
     from medinfer.serve.web import router as web_router
 
@@ -191,8 +193,10 @@ def create_app(config: ServeConfig, store: Store, receiver: Receiver | None = No
         destinations = {name: {**asdict(h), "last_error": redact(h.last_error)}
                         for name, h in (health_of() if health_of else {}).items()}
         ok = db == "ok" and all(d["state"] == "ok" for d in destinations.values())
+        readiness = getattr(app.state, "worker_readiness", None)
         return HealthOut(status="ok" if ok else "degraded", database=db, dicom=dicom_status,
-                         jobs=jobs, deliveries=deliveries, destinations=destinations)
+                         jobs=jobs, deliveries=deliveries, destinations=destinations,
+                         workers=readiness() if readiness else {})
 
     @app.post("/api/v1/studies", response_model=SubmitOut, status_code=202, tags=["jobs"],
               openapi_extra={"requestBody": _UPLOAD_BODY})
@@ -297,6 +301,7 @@ def create_app(config: ServeConfig, store: Store, receiver: Receiver | None = No
         return Response(render_metrics(store), media_type="text/plain; version=0.0.4")
 
     app.include_router(web_router)
+    app.include_router(dicomweb_router)  # QIDO-RS / WADO-RS of the results
     app.add_middleware(BodySizeLimit, max_bytes=config.max_upload_bytes)
     app.add_middleware(AccessLog)
     # Outermost, so that the size limit's own 413 answers carry the headers too.

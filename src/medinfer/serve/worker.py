@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import threading
 import time
@@ -97,6 +98,11 @@ class Worker:
             except Exception as exc:  # a missing model must not stop the other routes
                 log.warning("model not loaded", extra={"route": route.name, "error": str(exc)})
 
+    def attempt_dir(self, job: LeasedJob) -> Path:
+        """Where one attempt writes its results: named by its lease token, so attempts
+        never mix files; an attempt that does not complete the job has its folder removed."""
+        return self.config.storage / "results" / str(job.id) / job.token
+
     def run_once(self) -> bool:
         """Lease and process one job; False when none was waiting.
 
@@ -127,6 +133,7 @@ class Worker:
             log.warning("job attempt failed", extra={"job": job.id, "state": state,
                                                      "error": str(failure)},
                         exc_info=failure.retryable)
+            shutil.rmtree(self.attempt_dir(job), ignore_errors=True)  # half-written files
             return True
         finally:
             stop.set()
@@ -136,6 +143,7 @@ class Worker:
         if self.store.complete_job(job.id, job.token, results, dests, seconds, summary):
             log.info("job done", extra={"job": job.id, "seconds": seconds})
         else:
+            shutil.rmtree(self.attempt_dir(job), ignore_errors=True)
             log.warning("job lease lost; results discarded", extra={"job": job.id})
         return True
 
@@ -156,15 +164,34 @@ class Worker:
         predictor = self.predictor(job.artifact)
         pred = predictor.predict(image)
         t2 = time.perf_counter()
-        out = self.config.storage / "results" / str(job.id) / job.token
+        out = self.attempt_dir(job)
         options = WriteOptions(labelmap=self.config.seg_type == "labelmap", summary={
             "job": job.id, "series_uid_hash": hash_uid(job.series_uid), "route": job.route})
         written = predictor.write(pred, image, out, options)
         t3 = time.perf_counter()
         seconds = {"read": t1 - t0, "predict": t2 - t1, "write": t3 - t2}
         seconds.update({f"model_{k}": v for k, v in getattr(pred, "seconds", {}).items()})
-        results = [ResultFile(f.kind, str(f.path), f.media_type, f.uid) for f in written]
+        results = [result_file(f.kind, Path(f.path), f.media_type, f.uid) for f in written]
         return results, {k: round(v, 4) for k, v in seconds.items()}, summarize(pred)
+
+
+DICOM_KINDS = ("seg", "sr", "sc")
+
+
+def result_file(kind: str, path: Path, media_type: str, sop_uid: str) -> ResultFile:
+    """The record of one written file; a DICOM result (``seg``, ``sr``, ``sc``) also carries
+    its own Study/Series/SOP Class UIDs, read from the file's header (what DICOMweb
+    searches answer from)."""
+    if kind not in DICOM_KINDS:
+        return ResultFile(kind, str(path), media_type, sop_uid)
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
+        "StudyInstanceUID", "SeriesInstanceUID", "SOPClassUID", "SOPInstanceUID"])
+    return ResultFile(kind, str(path), media_type, sop_uid or str(ds.get("SOPInstanceUID", "")),
+                      study_uid=str(ds.get("StudyInstanceUID", "")),
+                      series_uid=str(ds.get("SeriesInstanceUID", "")),
+                      sop_class_uid=str(ds.get("SOPClassUID", "")))
 
 
 def read_job_input(job: LeasedJob, limits: Any = None) -> Any:
@@ -198,7 +225,7 @@ def summarize(pred: Any) -> dict[str, object]:
 
 def run_worker(config: ServeConfig, name: str | None = None,
                stop: threading.Event | Any | None = None, poll_seconds: float = 0.2,
-               parent_pid: int | None = None) -> None:
+               parent_pid: int | None = None, ready: Any | None = None) -> None:
     """Loop until ``stop`` is set: process jobs, wait ``poll_seconds`` when there are none.
 
     Suitable as a ``multiprocessing`` target (spawn): opens its own store connection.
@@ -210,6 +237,9 @@ def run_worker(config: ServeConfig, name: str | None = None,
             with it before each lease, so an orphan leases no new job (it finishes the one
             it holds). A spawned worker ignores SIGINT: Ctrl-C reaches the whole process
             group, and the service stops its workers itself (``stop``, then SIGTERM).
+        ready: an event (``multiprocessing.Event``) set once the models are warmed up
+            (:meth:`Worker.warm_up`), before the first lease: the service's ``/health``
+            counts ready workers.
     """
     import multiprocessing
     import signal
@@ -235,8 +265,12 @@ def run_worker(config: ServeConfig, name: str | None = None,
     setup_logging(config.log_format)
     store = Store(config.db_url)
     worker = Worker(config, store, name)
+    started = time.perf_counter()
     worker.warm_up()
-    log.info("worker started", extra={"worker": worker.name})
+    if ready is not None:
+        ready.set()
+    log.info("worker started", extra={"worker": worker.name,
+                                      "warm_up_s": round(time.perf_counter() - started, 3)})
     try:
         while (stop is None or not stop.is_set()) and not orphaned():
             if not worker.run_once():
