@@ -148,3 +148,26 @@ def test_health_names_a_hung_and_a_failing_destination(service, store, clock,
     finally:
         send.release()
     wait_until(lambda: svc.destination_health()["slow"].state == "ok", 5, "slow recovers")
+
+
+def test_what_piled_up_in_an_outage_goes_out_once_the_destination_answers(
+        service, store, monkeypatch) -> None:
+    send = FakeSend(broken={"pacs"})
+    calls: list[str] = []
+    monkeypatch.setattr(delivery, "send",
+                        lambda d, p, a: calls.append(str(p)) or send(d, p, a))
+    monkeypatch.setattr(delivery, "reachable", lambda d, timeout=5.0: d.name not in send.broken)
+    for uid in ("1.1", "1.2", "1.3", "1.4", "1.5"):
+        done_job(store, uid, ["pacs"])
+    # a per-delivery backoff of 30 s: without the probe they would wait that long
+    svc = service(destinations=[dest("pacs", 4242)], delivery_threads=2,
+                  delivery_retry_seconds=30, delivery_probe_seconds=TICK)
+    wait_until(lambda: svc.destination_health()["pacs"].state == "failing", 5, "PACS down")
+    time.sleep(10 * TICK)
+    tried = len(calls)
+    assert 1 <= tried <= 2  # one failed send per lane, then only probes: no hammering
+    send.broken = set()  # the PACS is back
+    t0 = time.monotonic()
+    wait_until(lambda: store.delivery_counts() == {"sent": 5}, 5, "all five go out")
+    assert time.monotonic() - t0 < 3  # within a few probe periods, not after 30 s
+    assert len(send.sent) == 5 and len(calls) == tried + 5

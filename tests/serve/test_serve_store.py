@@ -183,3 +183,17 @@ def test_a_database_of_an_older_version_gains_the_new_columns(db_url: str) -> No
     for table, column, _ in ADDED_COLUMNS:
         assert column in {c["name"] for c in have.get_columns(table)}, (table, column)
     assert any("study_uid" in i["column_names"] for i in have.get_indexes("results"))
+
+
+def test_higher_priority_jobs_are_leased_first_then_the_oldest(store: Store) -> None:
+    routes = {"MR": ("mr", "/mr", 0), "ES": ("endo", "/endo", 10)}
+    order = []
+    for i, modality in enumerate(["MR", "MR", "ES", "MR", "ES"]):
+        info = InstanceInfo(f"3.{i}", f"3.{i}.1", f"3.{i}.1.1", modality=modality)
+        study = store.add_instance(info, f"/x/{i}.dcm", "dimse", "AE")
+        order += store.finalize_study(study, lambda s: routes[s.modality])
+    leased = []
+    while (job := store.lease_job("w", 30, 3)) is not None:
+        leased.append((job.route, job.id))
+    assert leased == [("endo", order[2]), ("endo", order[4]),
+                      ("mr", order[0]), ("mr", order[1]), ("mr", order[3])]

@@ -81,11 +81,17 @@ class MatchRule(_Strict):
 
 
 class RouteConfig(_Strict):
-    """One routing rule: series matching ``match`` go to the model in ``artifact``."""
+    """One routing rule: series matching ``match`` go to the model in ``artifact``.
+
+    ``priority``: workers take the queued jobs of higher priorities first (then the
+    oldest first), e.g. endoscopy frames a clinician waits for during the procedure before
+    an MR series read later; equal priorities are first come, first served.
+    """
 
     name: str
     artifact: Path
     match: MatchRule = Field(default_factory=MatchRule)
+    priority: int = 0
 
 
 class DestinationConfig(_Strict):
@@ -226,6 +232,9 @@ class ServeConfig(_Strict):
             several service processes on one database never send one result twice; longer
             than the longest send (a C-STORE times out after 30 s per network step, a
             STOW-RS POST after 60 s). A delivery whose sender died is sent again after it.
+        delivery_probe_seconds: while a destination is unreachable, nothing is sent to it;
+            it is probed (a TCP connection) this often, and once it answers every delivery
+            waiting for it is sent at once, whatever its own retry delay.
     """
 
     storage: Path = Path("runs/serve")
@@ -247,6 +256,7 @@ class ServeConfig(_Strict):
     delivery_retry_max_seconds: float = 60.0
     delivery_threads: int = Field(default=4, ge=1)
     delivery_lease_seconds: float = Field(default=180.0, gt=0)
+    delivery_probe_seconds: float = Field(default=1.0, gt=0)
     log_format: Literal["json", "text"] = "json"
 
     @model_validator(mode="before")

@@ -9,7 +9,10 @@ which a PACS stores once.
 
 The service sends in :class:`DeliveryLanes`: a few threads per destination, apart from
 the thread that closes studies, so a destination that hangs delays only its own
-deliveries; :meth:`DeliveryLanes.health` tells which destination hangs or fails.
+deliveries; :meth:`DeliveryLanes.health` tells which destination hangs or fails. A
+destination found unreachable gets no sends, only a connection probe every
+``delivery_probe_seconds``; when it answers again, every delivery waiting for it goes at
+once (the per-delivery backoff is for what one destination keeps failing).
 
 A destination with ``deidentify`` (an outside service) is sent a de-identified copy of
 each result (:mod:`medinfer.serve.deid`), never the stored file; the audit table records
@@ -26,6 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydicom import dcmread
 from sqlalchemy import func, select
@@ -35,8 +39,8 @@ from medinfer.serve.deid import METHOD, deidentified_copy, load_key
 from medinfer.serve.store import Store
 from medinfer.serve.tls import client_context
 
-__all__ = ["DeliveryError", "DeliveryLanes", "DestinationHealth", "deliver_due",
-           "deliver_one", "send"]
+__all__ = ["Attempt", "DeliveryError", "DeliveryLanes", "DestinationHealth", "deliver_due",
+           "deliver_one", "reachable", "send"]
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +105,24 @@ def send(dest: DestinationConfig, path: Path, calling_aet: str) -> None:
         send_stow(dest, path)
 
 
-def deliver_one(config: ServeConfig, store: Store, dest: DestinationConfig, delivery_id: int,
-                kind: str, path: str) -> str:
-    """Send one delivery and record the attempt (sent, retry later, or failed).
+@dataclass(frozen=True)
+class Attempt:
+    """How one send went: ``error`` is ``""`` when it was sent; ``unreachable`` when the
+    destination itself failed (no connection or association, no answer, HTTP 5xx), as
+    opposed to this one object (refused, or its file unreadable)."""
 
-    Returns:
-        ``""`` when it was sent, else the error (the delivery is then retried later, or
-        failed for good when the destination refused it).
+    error: str = ""
+    unreachable: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+def deliver_one(config: ServeConfig, store: Store, dest: DestinationConfig, delivery_id: int,
+                kind: str, path: str) -> Attempt:
+    """Send one delivery and record the attempt (sent, retry later, or failed): a
+    delivery the destination refused fails for good, any other is retried with backoff.
     """
     try:
         if dest.deidentify:
@@ -117,9 +132,10 @@ def deliver_one(config: ServeConfig, store: Store, dest: DestinationConfig, deli
             send(dest, Path(path), config.dicom.calling_ae_title)
     except DeliveryError as exc:
         error, retryable = str(exc), exc.retryable
+        unreachable = exc.retryable
     except Exception as exc:  # e.g. an unreadable result file: kept pending, with backoff
         log.exception("delivery raised", extra={"delivery": delivery_id, "destination": dest.name})
-        error, retryable = f"{type(exc).__name__}: {exc}", True
+        error, retryable, unreachable = f"{type(exc).__name__}: {exc}", True, False
     else:
         store.mark_delivery(delivery_id, ok=True)
         if dest.deidentify:
@@ -127,7 +143,7 @@ def deliver_one(config: ServeConfig, store: Store, dest: DestinationConfig, deli
                         detail=f"destination={dest.name} kind={kind} method={METHOD}")
         log.info("delivered", extra={"delivery": delivery_id, "destination": dest.name,
                                      "kind": kind})
-        return ""
+        return Attempt()
     delay = min(config.delivery_retry_seconds * 2 ** _attempts(store, delivery_id),
                 config.delivery_retry_max_seconds)
     store.mark_delivery(delivery_id, ok=False, error=error,
@@ -135,7 +151,22 @@ def deliver_one(config: ServeConfig, store: Store, dest: DestinationConfig, deli
     log.warning("delivery failed", extra={"delivery": delivery_id, "destination": dest.name,
                                           "kind": kind, "error": error,
                                           "retry_in_s": delay if retryable else None})
-    return error
+    return Attempt(error, unreachable)
+
+
+def reachable(dest: DestinationConfig, timeout: float = 5.0) -> bool:
+    """Whether ``dest`` accepts a TCP connection (its DICOM port, or its URL's host and
+    port): the cheap probe of a destination that was unreachable."""
+    if dest.kind == "dimse":
+        host, port = dest.host or "", dest.port or 104
+    else:
+        url = urlsplit(dest.url or "")
+        host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def deliver_due(config: ServeConfig, store: Store) -> int:
@@ -151,7 +182,7 @@ def deliver_due(config: ServeConfig, store: Store) -> int:
             if delivery_id in tried:  # retried with no delay: once per call is enough
                 break
             tried.add(delivery_id)
-            sent += not deliver_one(config, store, dest, delivery_id, kind, path)
+            sent += deliver_one(config, store, dest, delivery_id, kind, path).ok
     return sent
 
 
@@ -191,12 +222,16 @@ class DestinationHealth:
 
 @dataclass
 class _Record:
-    """A destination's outcomes so far (mutable; under the lanes' lock)."""
+    """A destination's outcomes so far (mutable; under the lanes' lock). ``unreachable``:
+    its last send failed for want of the destination; nothing more is sent to it until a
+    probe at ``next_probe_at`` connects."""
 
     failures: int = 0
     last_error: str = ""
     last_sent_at: float | None = None
     last_failed_at: float | None = None
+    unreachable: bool = False
+    next_probe_at: float = 0.0
 
 
 class DeliveryLanes:
@@ -292,7 +327,11 @@ class DeliveryLanes:
         """Claim and send the next due delivery to ``dest``; False if none is due.
 
         The claim (:meth:`Store.claim_delivery`) keeps every other lane, of this process or
-        of another service process on the same database, from sending it meanwhile."""
+        of another service process on the same database, from sending it meanwhile. While
+        ``dest`` is unreachable nothing is sent; one lane probes it every
+        ``delivery_probe_seconds`` instead (:meth:`_probe`)."""
+        if not self._probe(dest):
+            return False
         claim = self.store.claim_delivery(dest.name, self.owner,
                                           self.config.delivery_lease_seconds)
         if claim is None:
@@ -301,23 +340,47 @@ class DeliveryLanes:
         with self._lock:
             self._in_flight[delivery_id] = (dest.name, self.store.clock())
         try:
-            error = deliver_one(self.config, self.store, dest, delivery_id, kind, path)
+            attempt = deliver_one(self.config, self.store, dest, delivery_id, kind, path)
         except Exception as exc:
-            self._finish(dest.name, delivery_id, f"{type(exc).__name__}: {exc}")
+            self._finish(dest.name, delivery_id, Attempt(f"{type(exc).__name__}: {exc}"))
             raise
-        self._finish(dest.name, delivery_id, error)
+        self._finish(dest.name, delivery_id, attempt)
         return True
 
-    def _finish(self, name: str, delivery_id: int, error: str) -> None:
+    def _probe(self, dest: DestinationConfig) -> bool:
+        """False while ``dest`` is unreachable. When a probe is due, this lane (only one)
+        tries to connect; once that works, the backoff of every delivery to ``dest`` ends
+        (:meth:`Store.retry_deliveries_now`), so what piled up during an outage goes out at
+        once instead of each after its own doubling delay."""
+        now = self.store.clock()
+        with self._lock:
+            r = self._records[dest.name]
+            if not r.unreachable:
+                return True
+            if now < r.next_probe_at:
+                return False
+            r.next_probe_at = now + self.config.delivery_probe_seconds  # the other lanes wait
+        if not reachable(dest):
+            return False
+        with self._lock:
+            r.unreachable = False
+        due = self.store.retry_deliveries_now(dest.name)
+        log.info("destination reachable again", extra={"destination": dest.name,
+                                                        "deliveries": due})
+        return True
+
+    def _finish(self, name: str, delivery_id: int, attempt: Attempt) -> None:
         now = self.store.clock()
         with self._lock:
             # after the attempt was recorded, so no lane takes it up again meanwhile
             self._in_flight.pop(delivery_id, None)
             r = self._records[name]
-            if error:
-                r.failures, r.last_error, r.last_failed_at = r.failures + 1, error, now
-            else:
+            if attempt.ok:
                 r.failures, r.last_error, r.last_sent_at = 0, "", now
+                return
+            r.failures, r.last_error, r.last_failed_at = r.failures + 1, attempt.error, now
+            if attempt.unreachable and not r.unreachable:
+                r.unreachable, r.next_probe_at = True, now + self.config.delivery_probe_seconds
 
 
 def pending_counts(store: Store) -> dict[str, int]:

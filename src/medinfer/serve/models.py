@@ -84,6 +84,7 @@ class Job(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     supersedes: Mapped[int | None] = mapped_column(Integer, nullable=True)
     deliver_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    priority: Mapped[int] = mapped_column(Integer, default=0)  # the route's; higher first
 
 
 #: Columns added after the first release: (table, column, SQL type). ``Store`` adds the
@@ -97,7 +98,8 @@ ADDED_COLUMNS = (("instances", "digest", "VARCHAR(64) DEFAULT ''"),
                  ("results", "series_uid", "VARCHAR(128) DEFAULT ''"),
                  ("results", "sop_class_uid", "VARCHAR(128) DEFAULT ''"),
                  ("deliveries", "lease_owner", "VARCHAR(128)"),
-                 ("deliveries", "lease_expires", "FLOAT"))
+                 ("deliveries", "lease_expires", "FLOAT"),
+                 ("jobs", "priority", "INTEGER DEFAULT 0"))
 
 
 class Result(Base):

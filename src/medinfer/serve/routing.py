@@ -26,9 +26,10 @@ def matches(rule: MatchRule, series: SeriesInfo) -> bool:
     return True
 
 
-def route_series(routes: list[RouteConfig], series: SeriesInfo) -> tuple[str, str] | None:
-    """``(route name, artifact dir)`` of the first rule ``series`` matches, or None."""
+def route_series(routes: list[RouteConfig],
+                 series: SeriesInfo) -> tuple[str, str, int] | None:
+    """``(route name, artifact dir, priority)`` of the first rule ``series`` matches, or None."""
     for r in routes:
         if matches(r.match, series):
-            return r.name, str(r.artifact)
+            return r.name, str(r.artifact), r.priority
     return None

@@ -244,7 +244,8 @@ class Store:
                 Study.state == "receiving", Study.last_received <= limit)))
 
     def finalize_study(self, study_id: int,
-                       route: Callable[[SeriesInfo], tuple[str, str] | None],
+                       route: Callable[[SeriesInfo], tuple[str, str] | tuple[str, str, int]
+                                       | None],
                        hold_seconds: float = 0.0) -> list[int]:
         """Close a receiving study: route each new or changed series and queue one job each.
 
@@ -257,7 +258,8 @@ class Store:
         unchanged series keeps its job: one result set per version of a series.
 
         Args:
-            route: ``SeriesInfo -> (route name, artifact dir)`` or None when no rule matches.
+            route: ``SeriesInfo -> (route name, artifact dir[, priority])`` or None when no
+                rule matches.
             hold_seconds: the new jobs' results are delivered no sooner than this long
                 after the study's last instance (``hold_results``).
 
@@ -297,6 +299,7 @@ class Store:
                 job = Job(study_id=study_id, series_uid=uid, route=target[0],
                           artifact=target[1], state="queued", created_at=now, seconds={},
                           summary={}, supersedes=prior[-1].id if prior else None,
+                          priority=target[2] if len(target) > 2 else 0,
                           deliver_after=study.last_received + hold_seconds)
                 s.add(job)
                 jobs.append(job)
@@ -323,7 +326,8 @@ class Store:
 
     # ---- leasing -----------------------------------------------------------------------
     def lease_job(self, owner: str, lease_seconds: float, max_attempts: int) -> LeasedJob | None:
-        """Atomically take the oldest queued job, or a running one whose lease expired.
+        """Atomically take the oldest queued job of the highest priority, or a running one
+        whose lease expired.
 
         A job whose lease expired after ``max_attempts`` attempts is marked failed instead.
         """
@@ -334,7 +338,8 @@ class Store:
             with self.session() as s, s.begin():
                 # PostgreSQL: a candidate another node is leasing now is skipped, not waited
                 # for (SQLite ignores FOR UPDATE: its writers are serialized anyway)
-                cand = s.scalars(select(Job).where(leasable).order_by(Job.id).limit(1)
+                cand = s.scalars(select(Job).where(leasable)
+                                 .order_by(Job.priority.desc(), Job.id).limit(1)
                                  .with_for_update(skip_locked=True)).first()
                 if cand is None:
                     return None
@@ -466,6 +471,15 @@ class Store:
                     Delivery, Delivery.result_id == Result.id).where(Delivery.id == cand)).one()
                 return cand, kind, path
         return None
+
+    def retry_deliveries_now(self, destination: str) -> int:
+        """End the retry delay of every pending delivery to ``destination`` (it is
+        reachable again); how many."""
+        now = self.clock()
+        with self.session() as s, s.begin():
+            return s.execute(update(Delivery).where(
+                Delivery.destination == destination, Delivery.state == "pending",
+                Delivery.next_attempt_at > now).values(next_attempt_at=now)).rowcount
 
     def delivery_claim_owners(self) -> list[str]:
         """Who holds an unexpired claim on a pending delivery (:meth:`claim_delivery`)."""
