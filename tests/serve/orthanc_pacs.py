@@ -32,7 +32,13 @@ class Orthanc:
         self.modalities = modalities or {}
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30) -> None:
+    def start(self, timeout: float = 30, append_log: bool = False) -> None:
+        """Start Orthanc and wait until its REST API answers.
+
+        Called again after :meth:`stop`, it serves the same ports and storage, so what it
+        stored before is still there (a PACS back from an outage). ``append_log`` keeps
+        the earlier ``orthanc.log`` instead of starting a new one.
+        """
         self.root.mkdir(parents=True, exist_ok=True)
         config = {
             "Name": "medinfer-test", "StorageDirectory": str(self.root / "db"),
@@ -46,7 +52,8 @@ class Orthanc:
         }
         path = self.root / "orthanc.json"
         path.write_text(json.dumps(config))
-        log = open(self.root / "orthanc.log", "wb")  # noqa: SIM115  (kept open for the process)
+        mode = "ab" if append_log else "wb"
+        log = open(self.root / "orthanc.log", mode)  # noqa: SIM115  (kept open for the process)
         self.proc = subprocess.Popen([orthanc_binary() or "Orthanc", str(path)], stdout=log,
                                      stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
@@ -80,3 +87,8 @@ class Orthanc:
                                                        "Expand": True}, timeout=10)
         r.raise_for_status()
         return r.json()
+
+    def instance_tags(self, orthanc_id: str) -> dict:
+        """All tags of one stored instance, simplified (name -> value; sequences as lists
+        of dicts), e.g. ``ReferencedSeriesSequence`` of a SEG."""
+        return self.get(f"/instances/{orthanc_id}/tags?simplify")  # type: ignore[return-value]
