@@ -177,6 +177,8 @@ class TrainingRecord(BaseModel):
         torch: ``torch.__version__`` of the run.
         history: one entry per epoch run.
         optimize: what ``medinfer optimize`` was run with (calibration, validation, gate).
+        machine: the CPU the run trained on (model, cores, ISA flags) and the step
+            arithmetic used (``precision`` fp32/bf16, ``channels_last``).
     """
 
     model_config = ConfigDict(extra="allow")
@@ -195,6 +197,7 @@ class TrainingRecord(BaseModel):
     torch: str | None = None
     history: list[EpochRecord] = Field(default_factory=list)
     optimize: dict[str, Any] = Field(default_factory=dict)
+    machine: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod

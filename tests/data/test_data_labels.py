@@ -79,3 +79,23 @@ def test_not_a_labeled_folder(tmp_path: Path) -> None:
     assert not is_labeled_folder(tmp_path)
     with pytest.raises(InputError, match="no labels.csv"):
         read_labels(tmp_path)
+
+
+def test_single_finding_layout_reads_its_own_column_names(tmp_path) -> None:
+    """pneumonia-cxr-224's columns: finding / label / patient stand for findings /
+    abnormal / patient_id."""
+    from PIL import Image as PILImage
+
+    from medinfer.data.labels import read_labels
+
+    (tmp_path / "images").mkdir()
+    rows = ["image,label,finding,subtype,patient,source_split"]
+    for i, (finding, patient) in enumerate([("Pneumonia", "person1"), ("No Finding", "IM-0001"),
+                                            ("Pneumonia", "person1")]):
+        PILImage.new("RGB", (8, 8)).save(tmp_path / "images" / f"{i}.jpeg")
+        rows.append(f"{i}.jpeg,{int(finding != 'No Finding')},{finding},x,{patient},train")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    records = read_labels(tmp_path, ["Pneumonia"])
+    assert [sorted(r.findings) for r in records] == [["Pneumonia"], [], ["Pneumonia"]]
+    assert [r.abnormal for r in records] == [1, 0, 1]
+    assert [r.patient for r in records] == ["person1", "IM-0001", "person1"]  # split by patient

@@ -68,3 +68,24 @@ def vol_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         nib.save(nib.Nifti1Image(img, np.eye(4)), root / "images" / f"{name}.nii.gz")
         nib.save(nib.Nifti1Image(mask, np.eye(4)), root / "masks" / f"{name}.nii.gz")
     return root
+
+
+@pytest.fixture(scope="session")
+def labels_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four volumes with two labels (a box split into label 1 and label 2, as the
+    hippocampus set's anterior/posterior), masks stored as float32 like two of its cases;
+    ``held-*`` is validation."""
+    root = tmp_path_factory.mktemp("labels")
+    for sub in ("images", "masks"):
+        (root / sub).mkdir()
+    rng = np.random.default_rng(3)
+    for i, name in enumerate(("train-a", "train-b", "train-c", "held-a")):
+        img = rng.normal(100, 10, VOL_SHAPE).astype(np.float32)
+        mask = np.zeros(VOL_SHAPE, np.float32)
+        mask[4 + i % 2:10, 5:13, 2:7] = 1
+        mask[10:15, 5:13, 2:7] = 2
+        img[mask == 1] += 60
+        img[mask == 2] += 120
+        nib.save(nib.Nifti1Image(img, np.eye(4)), root / "images" / f"{name}.nii.gz")
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), root / "masks" / f"{name}.nii.gz")
+    return root

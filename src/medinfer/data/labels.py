@@ -2,7 +2,10 @@
 
 The layout is the NIH ChestX-ray14 one (``../shared/data/nih-cxr-1000``): one row per
 image, ``findings`` holding NIH's 'Finding Labels' ('|'-separated, 'No Finding' for
-none), ``abnormal`` a 0/1 label and ``patient_id`` for patient-level splits.
+none), ``abnormal`` a 0/1 label and ``patient_id`` for patient-level splits. The
+single-finding layout of ``../shared/data/pneumonia-cxr-224`` reads the same way: its
+columns ``finding``, ``label`` and ``patient`` stand for ``findings``, ``abnormal`` and
+``patient_id`` (:data:`COLUMN_ALIASES`).
 """
 
 from __future__ import annotations
@@ -28,6 +31,17 @@ NIH_FINDINGS: tuple[str, ...] = (
     "Pneumothorax", "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
 )
 _REQUIRED = ("image", "findings")
+#: Other names of a column, tried in order when the canonical one is absent.
+COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
+    "findings": ("finding",), "abnormal": ("label",), "patient_id": ("patient",)}
+
+
+def _column(fieldnames: Sequence[str], name: str) -> str | None:
+    """The column of ``labels.csv`` that holds ``name`` (itself or an alias), if any."""
+    for candidate in (name, *COLUMN_ALIASES.get(name, ())):
+        if candidate in fieldnames:
+            return candidate
+    return None
 
 
 @dataclass(frozen=True)
@@ -91,11 +105,13 @@ def read_labels(root: str | Path, classes: Sequence[str] = NIH_FINDINGS) -> list
     out = []
     with csv_path.open(newline="") as fh:
         reader = csv.DictReader(fh)
-        missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
+        fields = list(reader.fieldnames or [])
+        missing = [c for c in _REQUIRED if _column(fields, c) is None]
         if missing:
             raise InputError(csv_path, f"missing column(s) {', '.join(missing)}")
+        col = {c: _column(fields, c) for c in ("findings", "abnormal", "patient_id")}
         for line, row in enumerate(reader, start=2):
-            raw = (row["findings"] or "").strip()
+            raw = (row[col["findings"]] or "").strip()
             found = frozenset() if raw in ("", NO_FINDING) else frozenset(raw.split("|"))
             unknown = found - known
             if unknown:
@@ -103,8 +119,9 @@ def read_labels(root: str | Path, classes: Sequence[str] = NIH_FINDINGS) -> list
             path = root / "images" / row["image"]
             if not path.is_file():
                 raise InputError(csv_path, f"row {line}: image {path} does not exist")
-            abnormal = int(row.get("abnormal") or (1 if found else 0))
-            out.append(LabeledImage(path, found, abnormal, str(row.get("patient_id") or row["image"])))
+            abnormal = int((row[col["abnormal"]] if col["abnormal"] else "") or (1 if found else 0))
+            patient = row[col["patient_id"]] if col["patient_id"] else ""
+            out.append(LabeledImage(path, found, abnormal, str(patient or row["image"])))
     if not out:
         raise InputError(csv_path, "no rows")
     return out

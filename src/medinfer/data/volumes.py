@@ -29,7 +29,8 @@ class VolumePair:
 
 @dataclass
 class VolumeSet:
-    """Prepared volumes held in memory: ``images[i]`` float32 (C, X, Y, Z), ``masks[i]`` bool (X, Y, Z)."""
+    """Prepared volumes held in memory: ``images[i]`` float32 (C, X, Y, Z), ``masks[i]``
+    uint8 label maps (X, Y, Z): 0 background, 1..K the segments (binary masks are 0/1)."""
 
     names: list[str]
     images: list[np.ndarray]
@@ -103,11 +104,20 @@ def prepare_volume(array: np.ndarray, spec: Preprocessing) -> np.ndarray:
 
 def load_volumes(pairs: Sequence[VolumePair], spec: Preprocessing,
                  progress: Callable[[int], None] | None = None) -> VolumeSet:
-    """Read and prepare volume pairs (images normalized, masks > 0 as bool)."""
+    """Read and prepare volume pairs (images normalized; masks as uint8 label maps, a
+    float mask rounded: some data sets store labels 0/1/2 as float32).
+
+    Raises:
+        InputError: a mask of another shape than its image, or with values that are not
+            labels 0..255.
+    """
     names, images, masks = [], [], []
     for pair in pairs:
         image = read_image(pair.image)
-        mask = read_image(pair.mask).array[0] > 0
+        raw = read_image(pair.mask).array[0]
+        mask = np.rint(raw).astype(np.uint8)
+        if raw.size and (raw.min() < 0 or raw.max() > 255 or not np.allclose(raw, mask)):
+            raise InputError(pair.mask, "mask values are not integer labels 0..255")
         if mask.shape != image.spatial_shape:
             raise InputError(pair.mask, f"mask shape {mask.shape} differs from image {image.spatial_shape}")
         names.append(pair.name)
@@ -135,7 +145,8 @@ def window_at(image: np.ndarray, centre: np.ndarray, size: Sequence[int]) -> tup
 
 def sample_windows(data: VolumeSet, size: tuple[int, ...], n: int, fg_prob: float,
                    rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` random windows (image (n, C, *size), mask (n, 1, *size)) from random volumes.
+    """``n`` random windows (image (n, C, *size), labels (n, 1, *size) as float32) from
+    random volumes.
 
     With probability ``fg_prob`` a window is centred on a random foreground voxel (tumours
     are a small fraction of a brain), else anywhere; windows are clipped to the volume.

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
-import platform
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
-from pathlib import Path
 
 from medinfer.artifact import ModelArtifact
 from medinfer.errors import MedinferError
+from medinfer.runtime.cpu import cpu_info
 from medinfer.runtime.loader import variant_by_name
 from medinfer.runtime.measure import MeasureSettings
 from medinfer.variants import REFERENCE, kinds
@@ -63,19 +61,8 @@ class BenchmarkResult:
 
 
 def machine_info() -> dict[str, object]:
-    """CPU model, logical cores, ISA flags that matter for INT8, OS and Python."""
-    cpu, flags = platform.processor(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and not cpu:
-                cpu = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"})
-    return {"cpu": cpu or platform.machine(), "logical_cores": os.cpu_count(), "isa": isa,
-            "os": platform.platform(), "python": platform.python_version()}
+    """CPU model, logical cores, ISA flags, OS and Python (:func:`medinfer.runtime.cpu.cpu_info`)."""
+    return cpu_info()
 
 
 def versions() -> dict[str, str]:

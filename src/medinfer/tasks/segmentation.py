@@ -37,7 +37,14 @@ class SegmentationTask(Task):
     """Shared by 2D and 3D segmentation: Dice / IoU per case, label maps, SEG results."""
 
     primary: ClassVar[str] = "dice"
-    columns: ClassVar[tuple[tuple[str, str], ...]] = (("dice", "Dice"), ("iou", "IoU"))
+
+    @property
+    def columns(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
+        """Dice and IoU (means over labels), then each label's Dice when there are several."""
+        base = (("dice", "Dice"), ("iou", "IoU"))
+        if len(self.segments) == 1:
+            return base
+        return base + tuple((f"dice/{n}", f"Dice {n}") for _, n in sorted(self.segments.items()))
 
     @property
     def segments(self) -> dict[int, str]:
@@ -49,13 +56,39 @@ class SegmentationTask(Task):
         return [labels_from_logits(o) > 0 for o in outputs]
 
     def metrics(self, outputs: list[np.ndarray], data: Any, n_boot: int = 0) -> dict[str, Any]:
-        """Mean Dice / IoU over cases (each image or volume one case; MONAI metrics)."""
+        """Mean Dice / IoU over cases (each image or volume one case; MONAI metrics).
+
+        With several segments, ``dice/<name>`` and ``iou/<name>`` are each label's mean over
+        cases (label == value in prediction and truth) and ``dice`` / ``iou`` the mean over
+        labels; with one, the foreground's."""
         if not outputs:
             return {"dice": float("nan"), "iou": float("nan"), "n": 0.0}
-        dice, iou = zip(*(dice_iou_per_image(p[None], np.asarray(t, bool)[None])
-                          for p, t in zip(self.masks(outputs), data.masks)))
-        s = summarize(np.concatenate(dice), np.concatenate(iou))
-        return {"dice": s.dice, "iou": s.iou, "n": float(s.n)}
+        if len(self.segments) == 1:
+            s = self._scores(self.masks(outputs), [np.asarray(t) > 0 for t in data.masks])
+            return {"dice": s.dice, "iou": s.iou, "n": float(s.n)}
+        labels = [labels_from_logits(o) for o in outputs]
+        per: dict[str, float] = {}
+        for value, name in sorted(self.segments.items()):
+            s = self._scores([p == value for p in labels], [np.asarray(t) == value for t in data.masks])
+            per[f"dice/{name}"], per[f"iou/{name}"] = s.dice, s.iou
+        dice = float(np.mean([v for k, v in per.items() if k.startswith("dice/")]))
+        iou = float(np.mean([v for k, v in per.items() if k.startswith("iou/")]))
+        return {"dice": dice, "iou": iou, "n": float(len(outputs)), **per}
+
+    @staticmethod
+    def _scores(preds: list[np.ndarray], truths: list[np.ndarray]) -> Any:
+        dice, iou = zip(*(dice_iou_per_image(p[None], t[None]) for p, t in zip(preds, truths)))
+        return summarize(np.concatenate(dice), np.concatenate(iou))
+
+    def gate(self, ref: dict[str, float], cand: dict[str, float], limits: Any) -> str:
+        """The mean Dice gate, and the same limit on every label's Dice (a variant must not
+        trade one structure for another)."""
+        why = super().gate(ref, cand, limits)
+        for key in sorted(k for k in ref if k.startswith("dice/")):
+            drop = ref[key] - cand.get(key, float("nan"))
+            if not why and not drop <= limits.max_drop:
+                why = f"{key} drop {drop:.4f} > max {limits.max_drop:.4f}"
+        return why
 
     def postprocess(self, outputs: np.ndarray, image: Image) -> Prediction:
         labels = labels_from_logits(outputs)

@@ -38,6 +38,11 @@ class FitConfig(BaseModel):
         seed: seeds torch, numpy and the augmentation.
         threads: torch intra-op threads.
         max_minutes: stop after the first epoch that ends past this wall time (None or 0: no budget).
+        precision: the arithmetic of the training steps: ``fp32``; ``bf16`` (autocast of
+            the forward pass to bfloat16 on the CPU; weights, optimizer and loss stay FP32);
+            ``auto`` (bf16 where the CPU computes BF16 natively, else fp32). Validation
+            always runs in FP32, so the kept metric is the deployed model's.
+        channels_last: train with channels-last (NHWC / NDHWC) tensors and weights.
         preprocessing: how images become network inputs (stored in the artifact).
     """
 
@@ -60,6 +65,8 @@ class FitConfig(BaseModel):
     seed: int = 0
     threads: int = Field(2, ge=1)
     max_minutes: float | None = Field(None, ge=0)
+    precision: Literal["fp32", "bf16", "auto"] = "fp32"
+    channels_last: bool = False
     preprocessing: Preprocessing = Preprocessing()
 
     @field_validator("preprocessing", mode="before")
@@ -148,7 +155,11 @@ class VolumeTrainConfig(FitConfig):
 
     Attributes:
         val_prefixes: volumes whose names start with one of these are held out (by patient).
-        segment: name of the label-1 segment (stored in the artifact).
+        segment: name of the label-1 segment of a binary model (stored in the artifact).
+        segments: label value -> name for a multi-label model (e.g. ``{1: hippocampus
+            anterior, 2: hippocampus posterior}``): a softmax over background + each label,
+            Dice + CE on one-hot targets, validation Dice per label. Empty: binary
+            (``segment``).
         windows_per_volume: training windows per training volume and epoch.
         foreground_prob: probability that a window is centred on a foreground voxel.
     """
@@ -157,6 +168,7 @@ class VolumeTrainConfig(FitConfig):
     architecture: str = "unet3d"
     val_prefixes: tuple[str, ...] = ("PGBM-001",)
     segment: str = "tumour"
+    segments: dict[int, str] = Field(default_factory=dict)
     epochs: int = Field(60, ge=1)
     windows_per_volume: int = Field(32, ge=1)
     batch_size: int = Field(4, ge=1)

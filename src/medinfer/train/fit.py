@@ -29,6 +29,7 @@ from medinfer.errors import MedinferError
 from medinfer.models.registry import create_model
 from medinfer.progress import status_progress
 from medinfer.runtime import EngineOptions
+from medinfer.runtime.cpu import cpu_info, has_bf16
 from medinfer.runtime.torch_engine import TorchEngine
 from medinfer.tasks import task_for
 from medinfer.train.config import FitConfig
@@ -105,13 +106,49 @@ def _new_artifact(recipe: Recipe[Any], cfg: FitConfig, split: Split, command: st
     return ModelArtifact(cfg.out, spec)
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """How each training step computes: ``bf16`` autocast of the forward pass (CPU),
+    ``channels_last`` memory format of the inputs (the network is converted once)."""
+
+    bf16: bool = False
+    channels_last: bool = False
+
+    @classmethod
+    def of(cls, cfg: FitConfig) -> StepOptions:
+        """``cfg.precision`` resolved against this CPU (``auto``: bf16 where it is native)."""
+        bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and has_bf16())
+        return cls(bf16=bf16, channels_last=cfg.channels_last)
+
+    @property
+    def precision(self) -> str:
+        return "bf16" if self.bf16 else "fp32"
+
+    def prepare(self, net: torch.nn.Module) -> torch.nn.Module:
+        return net.to(memory_format=_memory_format(net)) if self.channels_last else net
+
+    def input(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.channels_last:
+            return x
+        return x.contiguous(memory_format=torch.channels_last if x.dim() == 4
+                            else torch.channels_last_3d)
+
+
+def _memory_format(net: torch.nn.Module) -> torch.memory_format:
+    conv3d = any(isinstance(m, torch.nn.Conv3d) for m in net.modules())
+    return torch.channels_last_3d if conv3d else torch.channels_last
+
+
 def _train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: torch.nn.Module,
-                 batches: Iterable[Batch], on_step: Callable[[int], None]) -> float | None:
+                 batches: Iterable[Batch], on_step: Callable[[int], None],
+                 step: StepOptions = StepOptions()) -> float | None:
     """One pass over ``batches``; the mean loss (None when no batch ran)."""
     net.train()
     losses = []
     for x, y in batches:
-        loss = loss_fn(net(x), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=step.bf16):
+            logits = net(step.input(x))
+        loss = loss_fn(logits.float(), y)  # the loss in FP32 whatever the forward ran in
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -180,13 +217,14 @@ class _Run:
     task: Any
     val: Any
     epoch_samples: int
+    step: StepOptions = StepOptions()
 
 
 def _epoch(run: _Run, epoch: int, budget: _Budget, on_step: Callable[[int], None]) -> tuple[EpochRecord, bool]:
     """Train (and when due, validate) one epoch; the entry and whether the budget is spent."""
     cfg, rec = run.cfg, run.art.spec.training
     t0, lr = time.perf_counter(), run.opt.param_groups[0]["lr"]
-    loss = _train_epoch(run.net, run.opt, run.loss_fn, run.draw(run.rng), on_step)
+    loss = _train_epoch(run.net, run.opt, run.loss_fn, run.draw(run.rng), on_step, run.step)
     run.schedule.step()
     spent = budget.spent()
     entry = EpochRecord(epoch=epoch, train_loss=loss, lr=lr)
@@ -242,14 +280,17 @@ def fit(recipe: Recipe[Any], cfg: FitConfig, command: str = "") -> FitResult:
     rng = np.random.default_rng(cfg.seed)
     split = recipe.split(cfg)
     train, val = _load(recipe, cfg, split)
-    net = _network(recipe, cfg)
+    step = StepOptions.of(cfg)
+    net = step.prepare(_network(recipe, cfg))
     opt = make_optimizer(cfg, net.parameters())
     schedule = make_schedule(cfg, opt)
     loss_fn = recipe.loss(cfg, train)
     draw = recipe.sampler(cfg, train)
     art = _new_artifact(recipe, cfg, split, command)
+    art.spec.training.machine = {**cpu_info(), "precision": step.precision,
+                                 "channels_last": step.channels_last}
     run = _Run(recipe, cfg, net, opt, schedule, loss_fn, draw, rng, art, task_for(art), val,
-               recipe.epoch_samples(cfg, train))
+               recipe.epoch_samples(cfg, train), step)
     _epochs(run)
     return FitResult(art)
 

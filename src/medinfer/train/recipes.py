@@ -11,7 +11,7 @@ evaluate`` does.
 * :class:`ClassificationRecipe` (CheXNet): patient-level train / validation / test split,
   small random affine, BCE with capped positive weights, Youden thresholds at the best epoch.
 * :class:`VolumeRecipe` (3D): held-out volumes by name prefix, random foreground-biased
-  windows, Dice + CE loss.
+  windows, Dice + CE loss (sigmoid for one label, softmax over several).
 """
 
 from __future__ import annotations
@@ -212,8 +212,19 @@ class VolumeRecipe(Recipe[VolumeTrainConfig]):
     def load(self, cfg: VolumeTrainConfig, items: list[Any], progress: Progress = None) -> Any:
         return load_volumes(items, cfg.preprocessing, progress)
 
+    @staticmethod
+    def labels(cfg: VolumeTrainConfig) -> dict[int, str]:
+        """Label value -> segment name (``{1: cfg.segment}`` for a binary model)."""
+        return dict(cfg.segments) or {1: cfg.segment}
+
     def loss(self, cfg: VolumeTrainConfig, train: Any) -> torch.nn.Module:
+        if len(self.labels(cfg)) > 1:  # softmax over background + labels, one-hot targets
+            return DiceCELoss(softmax=True, to_onehot_y=True)
         return DiceCELoss(sigmoid=True)
+
+    def out_channels(self, cfg: VolumeTrainConfig) -> int:
+        n = len(self.labels(cfg))
+        return n + 1 if n > 1 else 1
 
     def epoch_samples(self, cfg: VolumeTrainConfig, train: Any) -> int:
         return cfg.windows_per_volume * len(train)
@@ -222,15 +233,17 @@ class VolumeRecipe(Recipe[VolumeTrainConfig]):
         n_windows = self.epoch_samples(cfg, train)
         size = tuple(cfg.preprocessing.size)
 
+        binary = len(self.labels(cfg)) == 1
+
         def draw(rng: np.random.Generator) -> Iterator[Batch]:
             for _ in range(0, n_windows, cfg.batch_size):
                 x, y = sample_windows(train, size, cfg.batch_size, cfg.foreground_prob, rng)
-                yield torch.from_numpy(x), torch.from_numpy(y)
+                yield torch.from_numpy(x), torch.from_numpy((y > 0).astype(np.float32) if binary else y)
 
         return draw
 
     def spec_fields(self, cfg: VolumeTrainConfig) -> dict[str, Any]:
-        return {"task": "segmentation", "segments": {1: cfg.segment}}
+        return {"task": "segmentation", "segments": self.labels(cfg)}
 
 
 RECIPES: dict[str, Recipe[Any]] = {r.task: r for r in (SegmentationRecipe(), ClassificationRecipe(),
