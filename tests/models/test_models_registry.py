@@ -49,8 +49,9 @@ def test_builtin_models_are_registered() -> None:
 @pytest.mark.parametrize(
     ("pattern", "expected"),
     [("res*", ["resunet"]), ("unet*", ["unet2d", "unet3d"]),
-     ("*unet*", ["resunet", "test_resunet", "test_unet3d", "unet2d", "unet3d"]),
-     ("test_*", ["test_densenet", "test_resunet", "test_unet3d"]), ("*densenet*", ["densenet121", "test_densenet"]),
+     ("*unet*", ["dense_unet2d", "dense_unet3d", "resunet", "test_dense_unet3d", "test_resunet",
+                 "test_unet3d", "unet2d", "unet3d"]),
+     ("test_*", ["test_dense_unet3d", "test_densenet", "test_resunet", "test_unet3d"]), ("*densenet*", ["densenet121", "test_densenet"]),
      ("no_such_model*", [])],
 )
 def test_list_models_pattern(pattern: str, expected: list[str]) -> None:
