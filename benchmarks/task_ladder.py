@@ -105,6 +105,8 @@ def main() -> None:
     payload["int8_peak"]["fraction_single"] = payload["int8_peak"]["gops_single"] / peak.gops
     payload["int8_peak"]["fraction_in_flight"] = payload["int8_peak"]["gops_in_flight"] / peak.gops
     payload["gate"] = [r.model_dump(mode="json") for r in records]
+    payload["gate_data"] = ("the validation part (it chose the best epoch; never trained or "
+                            "calibrated on)" if folders.test_is_val else "the test part")
     payload["training"] = art.spec.training.model_dump(mode="json", exclude={"history"})
     args.results.mkdir(parents=True, exist_ok=True)
     out = args.results / f"{args.tag}_{dt.date.today().isoformat()}.json"

@@ -97,3 +97,21 @@ def test_channels_last_input_keeps_values() -> None:
     assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(x, y)
     v = step.input(torch.randn(1, 1, 4, 4, 4))
     assert v.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_a_run_without_a_test_part_gates_on_validation_and_tunes_on_nothing(
+        cls_data: Path, tmp_path: Path) -> None:
+    from medinfer.apps.splits import classification_split
+    from medinfer.data.labels import read_labels
+    from medinfer.train import ClassifyConfig
+
+    cfg = ClassifyConfig(data=cls_data, out=tmp_path / "art", architecture="test_densenet",
+                         classes=("Effusion", "Mass"), epochs=1, batch_size=4,
+                         split=(0.8, 0.2, 0.0), preprocessing=Preprocessing(size=(32, 32)))
+    run_training(cfg)
+    art = ModelArtifact.load(cfg.out)
+    folders = classification_split(art, tmp_path / "work")
+    assert folders.test_is_val and folders.tune is None
+    gate = {r.patient for r in read_labels(folders.test, cfg.classes)}
+    calib = {r.patient for r in read_labels(folders.calib, cfg.classes)}
+    assert gate == set(art.spec.training.split.val) and not gate & calib

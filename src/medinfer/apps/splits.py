@@ -20,24 +20,36 @@ from medinfer.errors import ArtifactError
 @dataclass(frozen=True)
 class SplitFolders:
     """``calib``: training data for calibration; ``tune``: the validation part (accuracy
-    control); ``test``: never seen in training, tuning or calibration (the gate)."""
+    control; None when the validation part is the gate's); ``test``: never seen in
+    training, tuning or calibration (the gate). ``test_is_val``: the run kept no test part,
+    so the gate sees the validation patients, which chose the best epoch (and the
+    thresholds) but were never trained or calibrated on."""
 
     calib: Path
-    tune: Path
+    tune: Path | None
     test: Path
+    test_is_val: bool = False
 
 
 def classification_split(art: ModelArtifact, work: Path, data: Path | None = None,
                          n_calib: int = 128) -> SplitFolders:
-    """Folders of the artifact's train (first ``n_calib``), validation and test patients."""
+    """Folders of the artifact's train (first ``n_calib``), validation and test patients.
+
+    A run trained with no test part (``split: [0.8, 0.2, 0.0]``: the data set's own test
+    split is kept elsewhere) gates on the validation patients and tunes on none
+    (``test_is_val``): accuracy control must not tune on what gates it."""
     split = art.spec.training.split
     if split is None or split.unit != "patient":
         raise ArtifactError(art.root, "no recorded patient split (train it with `medinfer train`)")
     data = Path(data or str(art.spec.training.data))
     records = read_labels(data, art.spec.classes)
-    parts = {k: [r for r in records if r.patient in set(getattr(split, k))] for k in ("train", "val", "test")}
-    return SplitFolders(write_subset(parts["train"][:n_calib], work / "calib"),
-                        write_subset(parts["val"], work / "tune"), write_subset(parts["test"], work / "test"))
+    parts = {k: [r for r in records if r.patient in set(getattr(split, k) or ())]
+             for k in ("train", "val", "test")}
+    calib = write_subset(parts["train"][:n_calib], work / "calib")
+    if not parts["test"]:
+        return SplitFolders(calib, None, write_subset(parts["val"], work / "test"), test_is_val=True)
+    return SplitFolders(calib, write_subset(parts["val"], work / "tune"),
+                        write_subset(parts["test"], work / "test"))
 
 
 def volume_split(art: ModelArtifact, work: Path, data: Path | None = None) -> SplitFolders:
@@ -54,4 +66,5 @@ def volume_split(art: ModelArtifact, work: Path, data: Path | None = None) -> Sp
     tr = [p for p in pairs if p.name in train]
     te = [p for p in pairs if p.name in val]
     calib = write_volume_subset(tr, work / "calib")
-    return SplitFolders(calib, calib, write_volume_subset(te, work / "test"))
+    # the held-out volumes also chose the best epoch: they gate, nothing tunes on them
+    return SplitFolders(calib, calib, write_volume_subset(te, work / "test"), test_is_val=True)
