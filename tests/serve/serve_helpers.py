@@ -13,6 +13,7 @@ from shared_data import SHARED_DATA
 from medinfer.artifact import ArtifactSpec, InputSpec, ModelArtifact
 from medinfer.data.spec import Preprocessing
 from medinfer.data.synthetic import mr_series as make_series  # noqa: F401 (the serve tests' name)
+from medinfer.serve.store import InstanceInfo, Store
 from medinfer.tasks import Prediction, Task, task_for
 
 MR_SERIES = SHARED_DATA / "dicom-mr-brain-tumor-progression" / "PGBM-001" / "11-T1post-80644"
@@ -100,3 +101,23 @@ def make_artifact(root: Path, dims: int = 3, task: str = "segmentation") -> Path
     art.save()
     art.save_weights(art.build_network().eval())
     return root
+
+
+class FixedClock:
+    """A ``Store`` clock that stands still until a test moves ``t``."""
+
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def queue_jobs(store: Store, n: int, tag: str = "1.2") -> list[int]:
+    """``n`` one-instance MR studies, each closed into one queued job; their ids."""
+    ids = []
+    for i in range(n):
+        info = InstanceInfo(f"{tag}.{i}", f"{tag}.{i}.1", f"{tag}.{i}.1.1", modality="MR")
+        study = store.add_instance(info, f"/x/{i}.dcm", "dimse", "AE")
+        ids += store.finalize_study(study, lambda s: ("mr", "/art"))
+    return ids

@@ -16,27 +16,11 @@ import httpx
 import pytest
 import yaml
 from pynetdicom import AE, AllStoragePresentationContexts, evt
-from serve_helpers import free_port, make_series
+from serve_helpers import FixedClock as Clock
+from serve_helpers import free_port, make_series, queue_jobs
 
 from medinfer.serve.models import Delivery
-from medinfer.serve.store import InstanceInfo, ResultFile, Store
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def queue_jobs(store: Store, n: int, tag: str = "1.2") -> list[int]:
-    ids = []
-    for i in range(n):
-        info = InstanceInfo(f"{tag}.{i}", f"{tag}.{i}.1", f"{tag}.{i}.1.1", modality="MR")
-        study = store.add_instance(info, f"/x/{i}.dcm", "dimse", "AE")
-        ids += store.finalize_study(study, lambda s: ("mr", "/art"))
-    return ids
+from medinfer.serve.store import ResultFile, Store
 
 
 def node(url: str, name: str, out: mp.Queue) -> None:

@@ -6,25 +6,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+from serve_helpers import FixedClock as Clock
+from serve_helpers import queue_jobs
 
 from medinfer.serve.store import InstanceInfo, ResultFile, Store
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def queue_jobs(store: Store, n: int) -> list[int]:
-    ids = []
-    for i in range(n):
-        info = InstanceInfo(f"1.2.{i}", f"1.2.{i}.1", f"1.2.{i}.1.1", modality="MR")
-        study = store.add_instance(info, f"/x/{i}.dcm", "dimse", "AE")
-        ids += store.finalize_study(study, lambda s: ("mr", "/art"))
-    return ids
 
 
 @pytest.fixture
