@@ -138,13 +138,14 @@ class DataSplit(BaseModel):
 
     Attributes:
         unit: what the lists name: ``"patient"`` (patient ids of a labeled folder: the
-            classification split never cuts a patient) or ``"case"`` (image stems, volume names).
+            classification split never cuts a patient), ``"case"`` (image stems, volume names)
+            or ``"slab"`` (slice ranges of volumes: a split within one patient).
         train: trained on.
         val: chose the best epoch (and, for classification, the decision thresholds).
         test: never seen in training (empty when the recipe keeps no test part).
     """
 
-    unit: Literal["case", "patient"] = "case"
+    unit: Literal["case", "patient", "slab"] = "case"
     train: list[str] = Field(default_factory=list)
     val: list[str] = Field(default_factory=list)
     test: list[str] = Field(default_factory=list)

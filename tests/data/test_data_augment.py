@@ -62,3 +62,29 @@ def test_same_seed_same_augmentation_other_seed_differs() -> None:
     torch.testing.assert_close(a[0], b[0])
     torch.testing.assert_close(a[1], b[1])
     assert not torch.equal(a[0], c[0])
+
+
+def test_strong_augmentation_keeps_masks_binary_and_aligned() -> None:
+    from medinfer.data.augment import strong_augmentation
+
+    images, masks = zip(*(_sample(s) for s in range(8)), strict=True)
+    aug = strong_augmentation((24, 32), prob=1.0, seed=3)
+    x, y = augment_batch(aug, np.stack(images), np.stack(masks))
+    assert x.shape == (8, 3, 24, 32) and y.shape == (8, 1, 24, 32)
+    assert set(np.unique(y.numpy())) <= {0.0, 1.0}
+    # channel 0 of each image was its mask: geometry moved both alike, colour changes only
+    # rescale it, so where the mask is 1 the image is brighter than where it is 0
+    for xi, yi in zip(x.numpy(), y.numpy(), strict=True):
+        inside, outside = xi[0][yi[0] > 0.5], xi[0][yi[0] < 0.5]
+        if inside.size > 10 and outside.size > 10:
+            assert np.median(inside) > np.median(outside) + 0.3
+    assert not np.allclose(x.numpy()[:, 1:], np.stack(images)[:, 1:])  # something changed
+
+
+def test_strong_augmentation_is_seeded() -> None:
+    from medinfer.data.augment import strong_augmentation
+
+    image, mask = _sample()
+    a = augment_batch(strong_augmentation((24, 32), seed=5), image[None], mask[None])[0]
+    b = augment_batch(strong_augmentation((24, 32), seed=5), image[None], mask[None])[0]
+    np.testing.assert_array_equal(a.numpy(), b.numpy())

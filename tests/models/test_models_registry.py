@@ -121,3 +121,27 @@ def test_onnx_export_matches_torch(name: str, tmp_path) -> None:
         want = net(x).numpy()
     assert got.shape == want.shape == _out_shape(name, x)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_resunet_with_resize_decoder_has_no_transposed_conv_or_prelu() -> None:
+    import torch
+
+    from medinfer.models import create_model
+
+    net = create_model("resunet", in_channels=3, out_channels=1, channels=(4, 8, 16), strides=(2, 2),
+                       num_res_units=1, act="relu", up="resize").eval()
+    kinds = {type(m).__name__ for m in net.modules()}
+    assert "ConvTranspose2d" not in kinds and "PReLU" not in kinds and "ReLU" in kinds
+    assert net(torch.zeros(2, 3, 32, 48)).shape == (2, 1, 32, 48)
+    default = create_model("resunet", in_channels=3, out_channels=1, channels=(4, 8, 16), strides=(2, 2),
+                           num_res_units=1)
+    assert {"ConvTranspose2d", "PReLU"} <= {type(m).__name__ for m in default.modules()}
+
+
+def test_resunet_refuses_an_unknown_decoder() -> None:
+    import pytest
+
+    from medinfer.models import create_model
+
+    with pytest.raises(ValueError, match="up must be"):
+        create_model("resunet", in_channels=3, out_channels=1, up="pixelshuffle")

@@ -1,4 +1,8 @@
-"""The DQ-ResUNet paper's training augmentation, built from MONAI dictionary transforms."""
+"""2D segmentation training augmentation, built from MONAI dictionary transforms.
+
+Two recipes: the DQ-ResUNet paper's (rotation + horizontal flip) and a stronger one for
+training from scratch on a few hundred images (:func:`strong_augmentation`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,17 @@ import math
 
 import numpy as np
 import torch
-from monai.transforms import Compose, RandFlipd, RandRotated
+from monai.transforms import (
+    Compose,
+    RandAdjustContrastd,
+    RandAffined,
+    RandFlipd,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandRotated,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+)
 
 
 def paper_augmentation(prob: float = 0.5, max_degrees: float = 30.0, seed: int = 0) -> Compose:
@@ -20,6 +34,36 @@ def paper_augmentation(prob: float = 0.5, max_degrees: float = 30.0, seed: int =
         RandRotated(keys=("image", "mask"), range_x=rad, prob=prob,
                     mode=("bilinear", "nearest"), padding_mode="zeros"),
         RandFlipd(keys=("image", "mask"), spatial_axis=1, prob=prob),  # axis 1 of (H, W): horizontal
+    ])
+    aug.set_random_state(seed=seed)
+    return aug
+
+
+def strong_augmentation(size: tuple[int, int], prob: float = 0.5, max_degrees: float = 30.0,
+                        seed: int = 0) -> Compose:
+    """Geometry and colour augmentation for endoscopy frames (inputs scaled to [0, 1]).
+
+    Geometry (image bilinear, mask nearest, so it stays binary): flips on both axes, each
+    with probability ``prob``; with probability ``prob`` one affine map of rotation up to
+    ``max_degrees``, scale 0.75-1.25 and shift up to 10 % of each side of ``size`` (the
+    network input's (H, W)). Colour, image only:
+    per-channel gain (±20 %, a white-balance / light-source change) and offset (±0.05),
+    gamma 0.7-1.5, and rarely blur or noise (camera focus and sensor). Polyps have no
+    preferred orientation in an endoscopic frame, so vertical flips and any rotation are
+    as plausible as the paper's horizontal flip.
+    """
+    rad = math.radians(max_degrees)
+    keys = ("image", "mask")
+    aug = Compose([
+        RandFlipd(keys=keys, spatial_axis=0, prob=prob),
+        RandFlipd(keys=keys, spatial_axis=1, prob=prob),
+        RandAffined(keys=keys, prob=prob, rotate_range=rad, scale_range=(0.25, 0.25),
+                    translate_range=(0.1 * size[0], 0.1 * size[1]), mode=("bilinear", "nearest"), padding_mode="zeros"),
+        RandScaleIntensityd(keys="image", factors=0.2, prob=prob, channel_wise=True),
+        RandShiftIntensityd(keys="image", offsets=0.05, prob=prob, channel_wise=True),
+        RandAdjustContrastd(keys="image", gamma=(0.7, 1.5), prob=prob / 2),
+        RandGaussianSmoothd(keys="image", sigma_x=(0.5, 1.2), sigma_y=(0.5, 1.2), prob=0.1),
+        RandGaussianNoised(keys="image", std=0.02, prob=0.1),
     ])
     aug.set_random_state(seed=seed)
     return aug

@@ -19,6 +19,8 @@ class Preprocessing(BaseModel):
             its nonzero voxels: MR intensities have no fixed unit).
         overlap: volumes (3D ``size``) run through a sliding window of ``size`` with this
             overlap instead of being resized.
+        window: volumes: raw intensities are clipped to ``(low, high)`` before scaling (a CT
+            window in HU, e.g. ``(-200, 300)`` for the abdomen); None: no clipping.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -31,3 +33,4 @@ class Preprocessing(BaseModel):
     mask_threshold: int = 127
     intensity: str = "scale"
     overlap: float = 0.25
+    window: tuple[float, float] | None = None

@@ -1,30 +1,69 @@
-"""3D image/mask volumes (NIfTI): ``DIR/images/<name>.nii.gz`` with ``DIR/masks/<name>.nii.gz``.
+"""3D image/mask volumes in two layouts.
+
+* NIfTI: ``DIR/images/<name>.nii.gz`` with ``DIR/masks/<name>.nii.gz`` (label maps).
+* DICOM cases (the 3D-IRCADb layout): ``DIR/<case>/ct/`` holds one CT series and
+  ``DIR/<case>/masks/<structure>/`` one mask series per structure (8-bit, 0 / 255), read in
+  place (no converted copy is written). The case's mask series are merged into one binary
+  label (IRCADb: the liver and its tumours make the whole liver); their slices must have
+  the CT's geometry. ``DIR`` may also be one case folder itself.
 
 Volumes keep their own voxel grid (no resampling): networks see them through a sliding
-window, so every volume is scored and returned at full resolution.
+window, so every volume is scored and returned at full resolution. A pair may name a
+slab (a fraction range of the last axis): a data set of one volume is split into a
+training part and a held-out slab that way (:class:`VolumePair`).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from medinfer.data.spec import Preprocessing
 from medinfer.errors import InputError
-from medinfer.io import read_image
+from medinfer.io import Image, read_image
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii")
+DICOM_CASE_IMAGE = "ct"
+"""Sub-folder of a DICOM case holding its image series."""
+DICOM_CASE_MASKS = "masks"
+"""Sub-folder of a DICOM case holding one mask series per structure."""
 
 
 @dataclass(frozen=True)
 class VolumePair:
+    """One image volume and its labels.
+
+    Attributes:
+        name: case name (file stem or case folder name).
+        image: NIfTI file or DICOM series folder.
+        mask: NIfTI label map or DICOM mask series folder.
+        extra_masks: more mask series merged with ``mask`` into label 1 (DICOM cases).
+        binary: every nonzero mask value is label 1 (DICOM masks store 0 / 255).
+        slab: ``(start, stop)`` fractions of the last axis to keep (None: all of it), e.g.
+            ``(0.75, 1.0)`` for the last quarter of the slices.
+    """
+
     name: str
     image: Path
     mask: Path
+    extra_masks: tuple[Path, ...] = ()
+    binary: bool = False
+    slab: tuple[float, float] | None = None
+
+    @property
+    def label(self) -> str:
+        """The name with its slab, e.g. ``ircadb01_01[z 96:129]`` once loaded (here fractions)."""
+        return self.name if self.slab is None else f"{self.name}[z {self.slab[0]:.2f}-{self.slab[1]:.2f}]"
+
+    def in_slab(self, start: float, stop: float) -> VolumePair:
+        """This pair restricted to the ``start``-``stop`` fractions of its last axis."""
+        if not 0.0 <= start < stop <= 1.0:
+            raise ValueError(f"slab fractions must satisfy 0 <= start < stop <= 1, got {start}, {stop}")
+        return replace(self, slab=(start, stop))
 
 
 @dataclass
@@ -52,19 +91,45 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+def _dicom_cases(root: Path) -> list[Path]:
+    """Case folders of the DICOM layout under ``root`` (``root`` itself when it is one)."""
+    if not root.is_dir():
+        return []
+    if (root / DICOM_CASE_IMAGE).is_dir():
+        return [root]
+    return sorted(d for d in root.iterdir() if d.is_dir() and (d / DICOM_CASE_IMAGE).is_dir())
+
+
 def is_volume_folder(root: str | Path) -> bool:
-    """Whether ``root/images`` holds NIfTI volumes (the 3D segmentation layout)."""
+    """Whether ``root`` holds 3D segmentation data: NIfTI volumes in ``images/`` or DICOM cases."""
     images = Path(root) / "images"
-    return images.is_dir() and any(p.name.endswith(VOLUME_SUFFIXES) for p in images.iterdir())
+    if images.is_dir():
+        return any(p.name.endswith(VOLUME_SUFFIXES) for p in images.iterdir())
+    return bool(_dicom_cases(Path(root)))
+
+
+def _dicom_pairs(cases: list[Path]) -> list[VolumePair]:
+    out = []
+    for case in cases:
+        masks_dir = case / DICOM_CASE_MASKS
+        masks = sorted(d for d in masks_dir.iterdir() if d.is_dir()) if masks_dir.is_dir() else []
+        if not masks:
+            raise InputError(masks_dir, "no mask series (one folder per structure) for this case")
+        out.append(VolumePair(case.name, case / DICOM_CASE_IMAGE, masks[0], tuple(masks[1:]), binary=True))
+    return out
 
 
 def find_volume_pairs(root: str | Path) -> list[VolumePair]:
-    """Match ``root/images/*.nii[.gz]`` with ``root/masks/`` by name.
+    """The volume pairs of ``root``: ``images/*.nii[.gz]`` matched with ``masks/`` by name, or
+    DICOM cases (``<case>/ct/`` + ``<case>/masks/<structure>/``).
 
     Raises:
-        InputError: no ``images/`` or ``masks/`` folder, no volumes, or a volume without a mask.
+        InputError: no ``images/`` or ``masks/`` folder (and no DICOM case), no volumes, a
+            volume without a mask, or a DICOM case without mask series.
     """
     root = Path(root)
+    if not (root / "images").is_dir() and (cases := _dicom_cases(root)):
+        return _dicom_pairs(cases)
     for sub in ("images", "masks"):
         if not (root / sub).is_dir():
             raise InputError(root, f"no {sub}/ folder: not a volume data folder")
@@ -84,12 +149,15 @@ def find_volume_pairs(root: str | Path) -> list[VolumePair]:
 def prepare_volume(array: np.ndarray, spec: Preprocessing) -> np.ndarray:
     """Raw (C, X, Y, Z) intensities -> float32 network input on the same grid.
 
+    ``spec.window`` (when set) clips the raw values first (a CT window in HU).
     ``zscore``: per channel, over the nonzero voxels (the background of a skull-stripped
     or masked MR stays at its own value); ``scale``: ``x * scale`` then ``spec`` mean/std.
     """
     x = np.asarray(array, np.float32)
     if x.shape[0] != spec.channels:
         raise ValueError(f"volume has {x.shape[0]} channels, the model takes {spec.channels}")
+    if spec.window is not None:  # a CT window: HU outside it carry no information the model uses
+        x = np.clip(x, spec.window[0], spec.window[1])
     if spec.intensity == "zscore":
         out = np.empty_like(x)
         for c in range(x.shape[0]):
@@ -114,18 +182,42 @@ def load_volumes(pairs: Sequence[VolumePair], spec: Preprocessing,
     names, images, masks = [], [], []
     for pair in pairs:
         image = read_image(pair.image)
-        raw = read_image(pair.mask).array[0]
-        mask = np.rint(raw).astype(np.uint8)
-        if raw.size and (raw.min() < 0 or raw.max() > 255 or not np.allclose(raw, mask)):
-            raise InputError(pair.mask, "mask values are not integer labels 0..255")
-        if mask.shape != image.spatial_shape:
-            raise InputError(pair.mask, f"mask shape {mask.shape} differs from image {image.spatial_shape}")
-        names.append(pair.name)
-        images.append(prepare_volume(image.array, spec))
-        masks.append(mask)
+        mask = _read_label(pair.mask, image, pair.binary)
+        for extra in pair.extra_masks:
+            mask |= _read_label(extra, image, True)
+        x = prepare_volume(image.array, spec)
+        name = pair.name
+        if pair.slab is not None:
+            depth = x.shape[-1]
+            z0, z1 = (int(round(f * depth)) for f in pair.slab)
+            if z1 - z0 < 1:
+                raise InputError(pair.image, f"slab {pair.slab} of {depth} slices holds no slice")
+            x, mask, name = x[..., z0:z1], mask[..., z0:z1], f"{pair.name}[z {z0}:{z1}]"
+        names.append(name)
+        images.append(np.ascontiguousarray(x))
+        masks.append(np.ascontiguousarray(mask))
         if progress:
             progress(1)
     return VolumeSet(names, images, masks)
+
+
+def _read_label(path: Path, image: Image, binary: bool) -> np.ndarray:
+    """``path``'s label map (uint8) on ``image``'s grid; ``binary``: nonzero -> 1."""
+    read = read_image(path)
+    raw = read.array[0]
+    if raw.shape != image.spatial_shape:
+        raise InputError(path, f"mask shape {raw.shape} differs from image {image.spatial_shape}")
+    if binary:
+        if not (np.allclose(read.origin, image.origin, atol=1e-3)
+                and np.allclose(read.spacing, image.spacing, atol=1e-3)):
+            raise InputError(path, f"mask series geometry (origin {tuple(read.origin)}, spacing "
+                                   f"{tuple(read.spacing)}) differs from the image's (origin "
+                                   f"{tuple(image.origin)}, spacing {tuple(image.spacing)})")
+        return (raw > 0).astype(np.uint8)
+    mask = np.rint(raw).astype(np.uint8)
+    if raw.size and (raw.min() < 0 or raw.max() > 255 or not np.allclose(raw, mask)):
+        raise InputError(path, "mask values are not integer labels 0..255")
+    return mask
 
 
 def pad_to(x: np.ndarray, size: Sequence[int]) -> np.ndarray:

@@ -5,9 +5,55 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.networks.blocks import Convolution, ResidualUnit, UpSample
 from monai.networks.nets import UNet
 
 from medinfer.models.registry import register_model
+
+
+class ResizeUNet(UNet):
+    """MONAI ``UNet`` whose decoder upsamples by interpolation, then convolves.
+
+    MONAI's decoder level is a transposed convolution (+ a residual unit). Here it is a
+    parameter-free resize (bilinear / trilinear, ``align_corners=False``) followed by a
+    3x3 convolution with the same norm and activation, then the same residual unit; the
+    top level ends in a plain convolution to the logits.
+    Transposed convolutions are what OpenVINO/NNCF and ONNX Runtime leave in float in
+    MONAI's ``UNet`` (with PReLU, see ``act``); with ``act="relu"`` every layer of this
+    network has an INT8 kernel, so the quantized model has no INT8 <-> FP32 round trips.
+    """
+
+    def _get_up_layer(self, in_channels: int, out_channels: int, strides: int, is_top: bool) -> torch.nn.Module:
+        up = UpSample(self.dimensions, in_channels, scale_factor=strides, mode="nontrainable",
+                      interp_mode="bilinear" if self.dimensions == 2 else "trilinear",
+                      align_corners=False)
+        if is_top:
+            # The logits come from a plain convolution over a full-width feature map: a
+            # normalized, ReLU'd map of ``out_channels`` (1) channels, as MONAI's top level
+            # has, could die whole and hold the output constant.
+            mid = self.channels[0]
+            return torch.nn.Sequential(up, self._conv(in_channels, mid), Convolution(
+                self.dimensions, mid, out_channels, kernel_size=self.kernel_size, conv_only=True,
+                bias=self.bias))
+        layers: list[torch.nn.Module] = [up, self._conv(in_channels, out_channels)]
+        if self.num_res_units > 0:
+            layers.append(ResidualUnit(
+                self.dimensions, out_channels, out_channels, strides=1, kernel_size=self.kernel_size,
+                subunits=1, act=self.act, norm=self.norm, dropout=self.dropout, bias=self.bias,
+                adn_ordering=self.adn_ordering))
+        return torch.nn.Sequential(*layers)
+
+    def _conv(self, cin: int, cout: int) -> Convolution:
+        return Convolution(self.dimensions, cin, cout, kernel_size=self.up_kernel_size, act=self.act,
+                           norm=self.norm, dropout=self.dropout, bias=self.bias,
+                           adn_ordering=self.adn_ordering)
+
+
+def _unet(up: str, **kwargs: object) -> UNet:
+    """MONAI's ``UNet`` (``up="deconv"``) or :class:`ResizeUNet` (``up="resize"``)."""
+    if up not in ("deconv", "resize"):
+        raise ValueError(f"up must be 'deconv' or 'resize', got {up!r}")
+    return (ResizeUNet if up == "resize" else UNet)(**kwargs)  # type: ignore[arg-type]
 
 
 @register_model(
@@ -16,7 +62,7 @@ from medinfer.models.registry import register_model
 )
 def resunet(
     *, in_channels: int, out_channels: int, channels: Sequence[int], strides: Sequence[int],
-    num_res_units: int, dropout: float = 0.0,
+    num_res_units: int, dropout: float = 0.0, act: str = "prelu", up: str = "deconv",
 ) -> torch.nn.Module:
     """Residual U-Net (ResUNet): U-Net whose encoder/decoder blocks are residual units.
 
@@ -24,14 +70,16 @@ def resunet(
     ``UNet`` with ``num_res_units > 0`` gives exactly that structure: strided-conv
     downsampling, residual units of conv-BN-PReLU, transposed-conv upsampling.
     Batch norm (not MONAI's default instance norm) so inference folds it into the
-    convolutions and INT8 quantization sees plain conv layers.
+    convolutions and INT8 quantization sees plain conv layers. ``act="relu"`` and
+    ``up="resize"`` (:class:`ResizeUNet`) give a network whose every layer quantizes;
+    the defaults (PReLU, transposed convolutions) are MONAI's and the first polyp model's.
 
     Input (N, in_channels, H, W) with H, W divisible by 16; output (N, out_channels, H, W) logits.
     """
-    return UNet(
-        spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
+    return _unet(
+        up, spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
         channels=tuple(channels), strides=tuple(strides), num_res_units=num_res_units,
-        norm="batch", dropout=dropout,
+        norm="batch", dropout=dropout, act=act,
     )
 
 

@@ -43,6 +43,8 @@ class FitConfig(BaseModel):
             ``auto`` (bf16 where the CPU computes BF16 natively, else fp32). Validation
             always runs in FP32, so the kept metric is the deployed model's.
         channels_last: train with channels-last (NHWC / NDHWC) tensors and weights.
+        prefetch: training batches a background thread prepares ahead of the step
+            (augmentation overlaps computation); 0 draws them in the training thread.
         preprocessing: how images become network inputs (stored in the artifact).
     """
 
@@ -67,6 +69,7 @@ class FitConfig(BaseModel):
     max_minutes: float | None = Field(None, ge=0)
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     channels_last: bool = False
+    prefetch: int = Field(2, ge=0)
     preprocessing: Preprocessing = Preprocessing()
 
     @field_validator("preprocessing", mode="before")
@@ -96,7 +99,10 @@ class TrainConfig(FitConfig):
     Attributes:
         loss: ``dice`` or ``dicece`` (Dice + binary cross-entropy).
         val_fraction: fraction of the pairs held out for validation (split by name and seed).
-        augment_prob: probability of each of the random rotation and the horizontal flip.
+        augment: ``paper`` (random rotation and horizontal flip) or ``strong`` (flips on
+            both axes, rotation + scale + shift, colour gain/offset/gamma, rare blur and
+            noise: :func:`medinfer.data.augment.strong_augmentation`).
+        augment_prob: probability of each random transform of the augmentation.
         limit: use only the first N pairs by name (tests, quick runs; None or 0: all).
     """
 
@@ -104,6 +110,7 @@ class TrainConfig(FitConfig):
     architecture: str = "resunet"
     loss: Literal["dice", "dicece"] = "dice"
     val_fraction: float = Field(0.2, gt=0, lt=1)
+    augment: Literal["paper", "strong"] = "paper"
     augment_prob: float = Field(0.5, ge=0, le=1)
     limit: int | None = Field(None, ge=0)
 
@@ -160,6 +167,10 @@ class VolumeTrainConfig(FitConfig):
             anterior, 2: hippocampus posterior}``): a softmax over background + each label,
             Dice + CE on one-hot targets, validation Dice per label. Empty: binary
             (``segment``).
+        val_slab: hold out this ``(start, stop)`` fraction range of the last axis of every
+            volume for validation and train on the rest (a data set of one volume, e.g.
+            ``(0.75, 1.0)``: the last quarter of the slices); None: split by ``val_prefixes``.
+            A split within one patient: the held-out slices' neighbours are trained on.
         windows_per_volume: training windows per training volume and epoch.
         foreground_prob: probability that a window is centred on a foreground voxel.
     """
@@ -169,6 +180,7 @@ class VolumeTrainConfig(FitConfig):
     val_prefixes: tuple[str, ...] = ("PGBM-001",)
     segment: str = "tumour"
     segments: dict[int, str] = Field(default_factory=dict)
+    val_slab: tuple[float, float] | None = None
     epochs: int = Field(60, ge=1)
     windows_per_volume: int = Field(32, ge=1)
     batch_size: int = Field(4, ge=1)
@@ -177,6 +189,15 @@ class VolumeTrainConfig(FitConfig):
     val_every: int = Field(3, ge=1)
     preprocessing: Preprocessing = Preprocessing(
         size=(64, 64, 16), scale=1.0, mean=(0.0,), std=(1.0,), channels=1, intensity="zscore", overlap=0.25)
+
+
+    @field_validator("val_slab")
+    @classmethod
+    def _slab(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not (0.0 <= value[0] < value[1] <= 1.0 and value[1] - value[0] < 1.0):
+            raise ValueError(f"val_slab must be fractions 0 <= start < stop <= 1 leaving slices "
+                             f"to train on, got {list(value)}")
+        return value
 
 
 AnyTrainConfig = Annotated[TrainConfig | ClassifyConfig | VolumeTrainConfig, Field(discriminator="task")]

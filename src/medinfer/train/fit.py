@@ -16,8 +16,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +141,50 @@ def _memory_format(net: torch.nn.Module) -> torch.memory_format:
     return torch.channels_last_3d if conv3d else torch.channels_last
 
 
+_DONE = object()
+
+
+def prefetched(batches: Iterable[Batch], depth: int) -> Iterator[Batch]:
+    """``batches`` drawn by a background thread, up to ``depth`` ahead (0: in this thread).
+
+    Drawing a batch (indexing, MONAI augmentation) runs while the previous step computes;
+    both release the GIL in their torch kernels, so the two cores stay busy. The order
+    and content of the batches are those of ``batches`` (one producer, FIFO). An error
+    in the producer is raised here, at the batch it would have produced.
+    """
+    if depth <= 0:
+        yield from batches
+        return
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(_DONE)
+        except BaseException as exc:  # handed to the consumer, raised there
+            q.put(exc)
+
+    thread = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := q.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: torch.nn.Module,
                  batches: Iterable[Batch], on_step: Callable[[int], None],
                  step: StepOptions = StepOptions()) -> float | None:
@@ -224,7 +270,8 @@ def _epoch(run: _Run, epoch: int, budget: _Budget, on_step: Callable[[int], None
     """Train (and when due, validate) one epoch; the entry and whether the budget is spent."""
     cfg, rec = run.cfg, run.art.spec.training
     t0, lr = time.perf_counter(), run.opt.param_groups[0]["lr"]
-    loss = _train_epoch(run.net, run.opt, run.loss_fn, run.draw(run.rng), on_step, run.step)
+    batches = prefetched(run.draw(run.rng), cfg.prefetch)
+    loss = _train_epoch(run.net, run.opt, run.loss_fn, batches, on_step, run.step)
     run.schedule.step()
     spent = budget.spent()
     entry = EpochRecord(epoch=epoch, train_loss=loss, lr=lr)

@@ -26,10 +26,10 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 
 from medinfer.artifact import DataSplit, ModelArtifact
-from medinfer.data.augment import augment_batch, paper_augmentation
+from medinfer.data.augment import augment_batch, paper_augmentation, strong_augmentation
 from medinfer.data.labels import NIH_FINDINGS, load_labeled, read_labels, split_by_patient
 from medinfer.data.pairs import find_pairs, load_pairs, split_pairs
-from medinfer.data.volumes import find_volume_pairs, load_volumes, sample_windows
+from medinfer.data.volumes import VolumePair, find_volume_pairs, load_volumes, sample_windows
 from medinfer.errors import InputError
 from medinfer.runtime import Engine
 from medinfer.train.classify import (
@@ -130,7 +130,11 @@ class SegmentationRecipe(Recipe[TrainConfig]):
         return DiceLoss(sigmoid=True) if cfg.loss == "dice" else DiceCELoss(sigmoid=True)
 
     def sampler(self, cfg: TrainConfig, train: Any) -> Sampler:
-        aug = paper_augmentation(cfg.augment_prob, seed=cfg.seed)
+        if cfg.augment == "strong":
+            size = (cfg.preprocessing.size[0], cfg.preprocessing.size[1])
+            aug = strong_augmentation(size, cfg.augment_prob, seed=cfg.seed)
+        else:
+            aug = paper_augmentation(cfg.augment_prob, seed=cfg.seed)
 
         def draw(rng: np.random.Generator) -> Iterator[Batch]:
             for idx in _batches(len(train), cfg.batch_size, rng):
@@ -200,6 +204,8 @@ class VolumeRecipe(Recipe[VolumeTrainConfig]):
 
     def split(self, cfg: VolumeTrainConfig) -> Split:
         pairs = find_volume_pairs(cfg.data)
+        if cfg.val_slab is not None:
+            return self._slab_split(cfg, pairs)
         val = [p for p in pairs if p.name.startswith(cfg.val_prefixes)]
         train = [p for p in pairs if p not in val]
         for part, what in ((val, "validation"), (train, "training")):
@@ -208,6 +214,16 @@ class VolumeRecipe(Recipe[VolumeTrainConfig]):
                                            f"match {len(val)} of {len(pairs)} volumes")
         return Split(train, val, [], DataSplit(unit="case", train=[p.name for p in train],
                                                val=[p.name for p in val]))
+
+    @staticmethod
+    def _slab_split(cfg: VolumeTrainConfig, pairs: list[VolumePair]) -> Split:
+        """Every volume's ``val_slab`` held out; the slices before and after it are trained on
+        as separate pieces (no seam where the slab was cut out)."""
+        start, stop = cfg.val_slab  # type: ignore[misc]
+        val = [p.in_slab(start, stop) for p in pairs]
+        train = [p.in_slab(a, b) for p in pairs for a, b in ((0.0, start), (stop, 1.0)) if b > a]
+        return Split(train, val, [], DataSplit(unit="slab", train=[p.label for p in train],
+                                               val=[p.label for p in val]))
 
     def load(self, cfg: VolumeTrainConfig, items: list[Any], progress: Progress = None) -> Any:
         return load_volumes(items, cfg.preprocessing, progress)
