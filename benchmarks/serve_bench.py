@@ -21,6 +21,11 @@ Four measurements (``--only``, default all), each recorded in one JSON file:
 4. ``warm``: a fresh service (new storage): seconds from process start to ``/health`` ok and
    to each "worker started" log line, then one 24-slice MR series sent at once and
    ``--warm-later`` (5) more one after the other: last instance -> SEG in Orthanc each.
+5. ``ct``: a real abdominal CT series (``--ct``: the 129 slices of 512x512 of
+   liver-ct-ircadb, read in place) sent by C-STORE ``--ct-repeats`` (3) times one after the
+   other, each as a new study, to a warm service routing CT to ``models/liver-ct-unet3d``:
+   last instance acknowledged -> liver SEG stored in Orthanc, and the job's stage times.
+   The copies sent carry BodyPartExamined ABDOMEN, which the IRCADb files lack.
 
 Every service runs as users run it (``medinfer serve --config``, worker processes, SQLite
 under its storage folder) with the routes ES -> polyp-resunet, MR -> brain-unet3d,
@@ -75,6 +80,7 @@ from medinfer.serve.store import Store
 log = logging.getLogger("serve_bench")
 
 MR_DIR = Path("../shared/data/dicom-mr-brain-tumor-progression/PGBM-001/11-T1post-80644")
+CT_DIR = Path("../shared/data/liver-ct-ircadb/ircadb01_01/ct")
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
              "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8",
              "amx_bf16")
@@ -184,6 +190,18 @@ def load_mr_slices(folder: Path) -> list[Dataset]:
     slices = [dcmread(p) for p in sorted(folder.glob("*.dcm"))]
     if not slices:
         raise SystemExit(f"no MR slices in {folder}")
+    return slices
+
+
+def load_ct_slices(folder: Path) -> list[Dataset]:
+    """The slices of the IRCADb CT (files ``image_<N>`` without extension), in N order, with
+    BodyPartExamined ABDOMEN added to the copies (the files have none; a modality sets it)."""
+    files = sorted(folder.glob("image_*"), key=lambda p: int(p.name.split("_")[-1]))
+    if not files:
+        raise SystemExit(f"no CT slices in {folder}")
+    slices = [dcmread(p) for p in files]
+    for ds in slices:
+        ds.BodyPartExamined = "ABDOMEN"
     return slices
 
 
@@ -407,7 +425,10 @@ def service_setup(work: Path, pacs: Orthanc, quiet: float, workers: int,
                       {"name": "brain-mr", "artifact": str(models / "brain-unet3d"),
                        "match": {"modality": ["MR"]}},
                       {"name": "endoscopy-upload", "artifact": str(models / "polyp-resunet"),
-                       "match": {"formats": ["png", "jpeg"]}, "priority": 10}],
+                       "match": {"formats": ["png", "jpeg"]}, "priority": 10},
+                      *([{"name": "liver-ct", "artifact": str(models / "liver-ct-unet3d"),
+                          "match": {"modality": ["CT"], "body_part": ["ABDOMEN"]}}]
+                        if (models / "liver-ct-unet3d").is_dir() else [])],
            "destinations": [{"name": "orthanc", "kind": "dimse", "host": "127.0.0.1",
                              "port": pacs.dicom_port, "ae_title": pacs.ae_title,
                              "results": ["seg"]}]}
@@ -936,6 +957,48 @@ def run_warm(setup: Setup, mr: list[Dataset], later: int) -> dict:
     return out
 
 
+# --------------------------------------------------------------------------- real CT
+
+def run_ct(setup: Setup, ct: list[Dataset], repeats: int) -> dict:
+    """A warm service; the CT series sent ``repeats`` times one after the other (closed loop):
+    last instance acknowledged -> SEG stored in Orthanc, with the job's stage seconds."""
+    from sqlalchemy import select
+
+    from medinfer.serve.models import Job, Study
+
+    with ServiceRun(setup) as svc:
+        svc.wait_ready()
+        tracker = Tracker(setup.db_url, 0.05).__enter__()
+        sender = Sender(setup.dicom_port)
+        studies = []
+        for _ in range(repeats):
+            study = mr_study(ct)  # new UIDs, pixels and geometry unchanged
+            acked = sender.send(study)
+            uid = str(study[0].StudyInstanceUID)
+            deadline = time.time() + 600
+            while time.time() < deadline:
+                st = tracker.study(uid)
+                if st is not None and st.seg_sent:
+                    break
+                time.sleep(0.05)
+            studies.append((uid, acked, st.seg_sent_at if st and st.seg_sent else None))
+            log.info("CT study: %.1f s from last C-STORE to SEG in the PACS",
+                     (studies[-1][2] or float("nan")) - acked)
+        with tracker.store.session() as s:
+            seconds = {uid: sec for uid, sec in s.execute(
+                select(Study.study_uid, Job.seconds).join(Job, Job.study_id == Study.id)
+                .where(Job.state == "done"))}
+        tracker.__exit__()
+        rows = [{"latency_s": round(end - acked, 3) if end else None,
+                 "job_seconds": seconds.get(uid, {})} for uid, acked, end in studies]
+        out = {"series": {"slices": len(ct), "rows": int(ct[0].Rows), "columns": int(ct[0].Columns),
+                          "source": rel(CT_DIR)},
+               "model": "models/liver-ct-unet3d", "studies": rows,
+               "latency": quantiles([r["latency_s"] for r in rows if r["latency_s"]])}
+        out.update(svc.memory())
+    return out
+
+
 # --------------------------------------------------------------------------- main
 
 def parse_args() -> argparse.Namespace:
@@ -943,7 +1006,7 @@ def parse_args() -> argparse.Namespace:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
     ap.add_argument("--only", default="seg,e2e,soak,warm",
-                    help="comma-separated measurements: seg, e2e, soak, warm")
+                    help="comma-separated measurements: seg, e2e, soak, warm, ct")
     ap.add_argument("--work", type=Path, default=Path("runs/bench-serve"))
     ap.add_argument("--data", type=Path, default=Path("../shared/data/kvasir-seg/images"))
     ap.add_argument("--mr", type=Path, default=MR_DIR, help="folder of one MR series")
@@ -960,6 +1023,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--late", type=float, default=5.0,
                     help="a result is late this many s after max(ack, PACS back)")
     ap.add_argument("--warm-later", type=int, default=5, help="warm: MR studies after the first")
+    ap.add_argument("--ct", type=Path, default=CT_DIR, help="folder of one CT series (image_<N>)")
+    ap.add_argument("--ct-repeats", type=int, default=3, help="ct: times the CT study is sent")
     ap.add_argument("--quiet", type=float, default=1.0, help="service quiet_seconds")
     ap.add_argument("--workers", type=int, default=2, help="service worker processes")
     ap.add_argument("--retry-max", type=float, default=60.0,
@@ -967,7 +1032,7 @@ def parse_args() -> argparse.Namespace:
     args = ap.parse_args()
     args.only = set(args.only.split(","))
     args.mix = args.mix.split(",")
-    if not args.only <= {"seg", "e2e", "soak", "warm"} or not set(args.mix) <= set(KINDS):
+    if not args.only <= {"seg", "e2e", "soak", "warm", "ct"} or not set(args.mix) <= set(KINDS):
         ap.error("unknown --only or --mix entry")
     return args
 
@@ -989,7 +1054,8 @@ def main() -> None:
         "service": {"quiet_seconds": args.quiet, "workers": args.workers, "lease_seconds": 5,
                     "delivery_retry_seconds": 0.5, "delivery_retry_max_seconds": args.retry_max,
                     "routes": {"ES": "models/polyp-resunet", "MR": "models/brain-unet3d",
-                               "png/jpeg upload": "models/polyp-resunet"}}}
+                               "png/jpeg upload": "models/polyp-resunet",
+                               "CT ABDOMEN": "models/liver-ct-unet3d (when present)"}}}
     if "seg" in args.only:
         result["seg"] = bench_seg()
         result["seg_labelmap"] = bench_seg(labelmap=True)
@@ -1011,6 +1077,8 @@ def main() -> None:
             log.info("soak %s", json.dumps(result["soak"]["by_kind"]))
         if "warm" in args.only:
             result["warm_start"] = run_warm(setup("warm"), mr, args.warm_later)
+        if "ct" in args.only:
+            result["ct"] = run_ct(setup("ct"), load_ct_slices(args.ct), args.ct_repeats)
     finally:
         pacs.stop()
     args.out.parent.mkdir(parents=True, exist_ok=True)

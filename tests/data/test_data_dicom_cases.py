@@ -109,3 +109,31 @@ def test_slab_split_trains_outside_the_held_out_slab(tmp_path: Path) -> None:
 def test_a_slab_that_leaves_nothing_to_train_or_validate_is_refused(tmp_path: Path, slab) -> None:
     with pytest.raises(ValueError, match="val_slab"):
         VolumeTrainConfig(data=tmp_path, out=tmp_path / "a", val_slab=slab)
+
+
+def test_a_ct_model_trains_and_evaluates_on_the_dicom_case_layout(tmp_path: Path) -> None:
+    """Training with a held-out slab, then `medinfer evaluate --json` on the same layout."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from medinfer.artifact import ModelArtifact
+    from medinfer.cli import app
+    from medinfer.train import run_training
+
+    root = _case(tmp_path, list(range(60, 72)), {"liver": list(range(60, 72))})
+    pre = CT_PRE.model_copy(update={"size": (128, 128, 4)})
+    cfg = VolumeTrainConfig(data=root.parent, out=tmp_path / "art", architecture="test_unet3d",
+                            val_slab=(0.75, 1.0), epochs=1, windows_per_volume=2, batch_size=2,
+                            preprocessing=pre, segment="liver")
+    run_training(cfg)
+    art = ModelArtifact.load(cfg.out)
+    assert art.spec.training.split.unit == "slab"
+    assert art.spec.training.split.val == ["case[z 0.75-1.00]"]
+    assert art.spec.preprocessing.window == (-200.0, 300.0)  # the window travels with the model
+    out = tmp_path / "eval.json"
+    res = CliRunner().invoke(app, ["evaluate", "--model", str(cfg.out), "--data", str(root.parent),
+                                   "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    payload = json.loads(out.read_text())
+    assert payload["n"] == 1 and 0.0 <= payload["dice"] <= 1.0
