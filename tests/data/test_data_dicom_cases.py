@@ -137,3 +137,15 @@ def test_a_ct_model_trains_and_evaluates_on_the_dicom_case_layout(tmp_path: Path
     assert res.exit_code == 0, res.output
     payload = json.loads(out.read_text())
     assert payload["n"] == 1 and 0.0 <= payload["dice"] <= 1.0
+
+    # the optimizer's folders: calibration on the trained slices, the gate on the held-out slab
+    from medinfer.apps.splits import volume_split
+
+    folders = volume_split(art, tmp_path / "split")
+    calib, test = (load_volumes(find_volume_pairs(f), pre) for f in (folders.calib, folders.test))
+    assert folders.test_is_val
+    assert [m.shape[-1] for m in calib.masks] == [9] and [m.shape[-1] for m in test.masks] == [3]
+    (pair,) = find_volume_pairs(root.parent)
+    held_out = load_volumes([pair.in_slab(0.75, 1.0)], pre)
+    np.testing.assert_array_equal(test.masks[0], held_out.masks[0])
+    assert all(p.is_symlink() for p in (folders.test / "case_z9-12" / "ct").iterdir())

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from medinfer.artifact import ModelArtifact
 from medinfer.data.labels import read_labels, write_subset
-from medinfer.data.volumes import find_volume_pairs, write_volume_subset
+from medinfer.data.volumes import find_volume_pairs, slab_split, write_volume_subset
 from medinfer.errors import ArtifactError
 
 
@@ -59,10 +59,15 @@ def volume_split(art: ModelArtifact, work: Path, data: Path | None = None) -> Sp
     training volumes, and the gate still only sees the held-out patient.
     """
     split = art.spec.training.split
-    if split is None or split.unit != "case" or not split.val:
+    if split is None or split.unit not in ("case", "slab") or not split.val:
         raise ArtifactError(art.root, "no recorded volume split (train it with `medinfer train`)")
-    train, val = split.train, split.val
     pairs = find_volume_pairs(Path(data or str(art.spec.training.data)))
+    if split.unit == "slab":  # one volume: train on its slices outside the held-out slab
+        start, stop = art.spec.training.config["val_slab"]
+        tr, te = slab_split(pairs, start, stop)
+        calib = write_volume_subset(tr, work / "calib")
+        return SplitFolders(calib, calib, write_volume_subset(te, work / "test"), test_is_val=True)
+    train, val = split.train, split.val
     tr = [p for p in pairs if p.name in train]
     te = [p for p in pairs if p.name in val]
     calib = write_volume_subset(tr, work / "calib")

@@ -258,9 +258,45 @@ def sample_windows(data: VolumeSet, size: tuple[int, ...], n: int, fg_prob: floa
     return np.stack(xs), np.stack(ys)
 
 
+def slab_split(pairs: Sequence[VolumePair], start: float, stop: float
+               ) -> tuple[list[VolumePair], list[VolumePair]]:
+    """(train, val): every volume's ``start``-``stop`` slab held out, the slices before and
+    after it trained on as separate pieces (no seam where the slab was cut out)."""
+    val = [p.in_slab(start, stop) for p in pairs]
+    train = [p.in_slab(a, b) for p in pairs for a, b in ((0.0, start), (stop, 1.0)) if b > a]
+    return train, val
+
+
+def _series_files(folder: Path) -> list[Path]:
+    """The files of a DICOM series folder in the reader's slice order (the volume's last axis)."""
+    return [Path(ds.filename) for ds in read_image(folder).instances]
+
+
+def _write_dicom_slabs(pairs: Sequence[VolumePair], dest: Path) -> Path:
+    """DICOM cases of ``pairs`` under ``dest``, each slab as its own case folder of symlinks
+    to the slab's slice files (image and every mask series): the source files unmodified."""
+    for p in pairs:
+        files = _series_files(p.image)
+        a, b = p.slab or (0.0, 1.0)
+        z0, z1 = int(round(a * len(files))), int(round(b * len(files)))
+        case = dest / (p.name if p.slab is None else f"{p.name}_z{z0}-{z1}")
+        for src, sub in ((p.image, DICOM_CASE_IMAGE),
+                         *((m, f"{DICOM_CASE_MASKS}/{m.name}") for m in (p.mask, *p.extra_masks))):
+            folder = case / sub
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in (files if src == p.image else _series_files(src))[z0:z1]:
+                link = folder / f.name
+                if not link.exists():
+                    os.symlink(f.resolve(), link)
+    return dest
+
+
 def write_volume_subset(pairs: Sequence[VolumePair], dest: str | Path) -> Path:
-    """Make ``dest`` a volume folder of ``pairs`` (files symlinked)."""
+    """Make ``dest`` a volume folder of ``pairs`` (files symlinked; DICOM cases as case
+    folders, a slab holding only its slices' files)."""
     dest = Path(dest)
+    if any(p.image.is_dir() for p in pairs):
+        return _write_dicom_slabs(pairs, dest)
     for sub in ("images", "masks"):
         (dest / sub).mkdir(parents=True, exist_ok=True)
     for p in pairs:

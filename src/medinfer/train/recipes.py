@@ -29,7 +29,7 @@ from medinfer.artifact import DataSplit, ModelArtifact
 from medinfer.data.augment import augment_batch, paper_augmentation, strong_augmentation
 from medinfer.data.labels import NIH_FINDINGS, load_labeled, read_labels, split_by_patient
 from medinfer.data.pairs import find_pairs, load_pairs, split_pairs
-from medinfer.data.volumes import VolumePair, find_volume_pairs, load_volumes, sample_windows
+from medinfer.data.volumes import VolumePair, find_volume_pairs, load_volumes, sample_windows, slab_split
 from medinfer.errors import InputError
 from medinfer.runtime import Engine
 from medinfer.train.classify import (
@@ -219,9 +219,7 @@ class VolumeRecipe(Recipe[VolumeTrainConfig]):
     def _slab_split(cfg: VolumeTrainConfig, pairs: list[VolumePair]) -> Split:
         """Every volume's ``val_slab`` held out; the slices before and after it are trained on
         as separate pieces (no seam where the slab was cut out)."""
-        start, stop = cfg.val_slab  # type: ignore[misc]
-        val = [p.in_slab(start, stop) for p in pairs]
-        train = [p.in_slab(a, b) for p in pairs for a, b in ((0.0, start), (stop, 1.0)) if b > a]
+        train, val = slab_split(pairs, *cfg.val_slab)  # type: ignore[misc]
         return Split(train, val, [], DataSplit(unit="slab", train=[p.label for p in train],
                                                val=[p.label for p in val]))
 
