@@ -29,8 +29,9 @@ WINDOW = (16, 16, 8)
 
 
 def _seg_cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
-    return TrainConfig(data=data, out=out, architecture="test_resunet", epochs=3, batch_size=4,
-                       preprocessing=Preprocessing(size=(32, 32)), **kw)
+    args: dict[str, object] = {"architecture": "test_resunet", "epochs": 3, "batch_size": 4,
+                               "preprocessing": Preprocessing(size=(32, 32))}
+    return TrainConfig(data=data, out=out, **{**args, **kw})
 
 
 def _vol_cfg(data: Path, out: Path, **kw: object) -> VolumeTrainConfig:
@@ -125,3 +126,21 @@ def test_unknown_architecture_argument_is_a_clear_error(seg_data: Path, tmp_path
     cfg = _seg_cfg(seg_data, tmp_path / "art", arch_kwargs={"chanels": [4, 8, 16]})
     with pytest.raises(MedinferError, match="test_resunet"):
         run_training(cfg)
+
+
+def test_init_starts_from_an_artifacts_weights(seg_data: Path, tmp_path: Path) -> None:
+    import torch
+
+    from medinfer.errors import ArtifactError
+
+    first = run_training(_seg_cfg(seg_data, tmp_path / "a", epochs=1)).artifact
+    # a learning rate too small to move a weight: the continued run keeps the start's weights
+    again = run_training(_seg_cfg(seg_data, tmp_path / "b", epochs=1, lr=1e-20, init=first.root)).artifact
+    start, now = first.load_network().state_dict(), again.load_network().state_dict()
+    weights = [k for k in start if k.endswith("conv.weight")]
+    assert weights and all(torch.equal(start[k], now[k]) for k in weights)
+    fresh = run_training(_seg_cfg(seg_data, tmp_path / "c", epochs=1, lr=1e-20, seed=7)).artifact
+    assert not all(torch.equal(start[k], fresh.load_network().state_dict()[k]) for k in weights)
+    with pytest.raises(ArtifactError, match="init: its network"):
+        run_training(_seg_cfg(seg_data, tmp_path / "d", epochs=1, init=first.root,
+                              arch_kwargs={"channels": [4, 8, 32]}))

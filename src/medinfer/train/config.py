@@ -43,6 +43,8 @@ class FitConfig(BaseModel):
             ``auto`` (bf16 where the CPU computes BF16 natively, else fp32). Validation
             always runs in FP32, so the kept metric is the deployed model's.
         channels_last: train with channels-last (NHWC / NDHWC) tensors and weights.
+        init: start from this artifact's weights instead of a random initialization (to
+            continue or fine-tune a run; its architecture and channels must be this config's).
         prefetch: training batches a background thread prepares ahead of the step
             (augmentation overlaps computation); 0 draws them in the training thread.
         preprocessing: how images become network inputs (stored in the artifact).
@@ -70,6 +72,7 @@ class FitConfig(BaseModel):
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     channels_last: bool = False
     prefetch: int = Field(2, ge=0)
+    init: Path | None = None
     preprocessing: Preprocessing = Preprocessing()
 
     @field_validator("preprocessing", mode="before")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from medinfer.artifact import ArtifactSpec, EpochRecord, InputSpec, ModelArtifact, TrainingRecord
-from medinfer.errors import MedinferError
+from medinfer.errors import ArtifactError, MedinferError
 from medinfer.models.registry import create_model
 from medinfer.progress import status_progress
 from medinfer.runtime import EngineOptions
@@ -81,10 +81,18 @@ def make_schedule(cfg: FitConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_
 
 def _network(recipe: Recipe[Any], cfg: FitConfig) -> torch.nn.Module:
     try:
-        return create_model(cfg.architecture, in_channels=cfg.preprocessing.channels,
-                            out_channels=recipe.out_channels(cfg), **cfg.arch_kwargs)
+        net = create_model(cfg.architecture, in_channels=cfg.preprocessing.channels,
+                           out_channels=recipe.out_channels(cfg), **cfg.arch_kwargs)
     except TypeError as exc:  # an arch_kwargs key the architecture does not take
         raise MedinferError(f"architecture {cfg.architecture!r}: {exc}") from exc
+    if cfg.init is not None:
+        start = ModelArtifact.load(cfg.init)
+        if (start.spec.architecture, start.spec.arch_kwargs) != (cfg.architecture, dict(cfg.arch_kwargs)):
+            raise ArtifactError(start.root, f"init: its network ({start.spec.architecture} "
+                                            f"{start.spec.arch_kwargs}) is not this config's "
+                                            f"({cfg.architecture} {dict(cfg.arch_kwargs)})")
+        net.load_state_dict(start.load_network().state_dict())
+    return net
 
 
 def _load(recipe: Recipe[Any], cfg: FitConfig, split: Split) -> tuple[Any, Any]:
