@@ -22,11 +22,21 @@ class _CalibrationReader:
 
 
 def _preprocessed(onnx_path: Path, work: Path) -> Path:
-    """ORT's recommended pre-quantization pass (shape inference + graph cleanup)."""
+    """ORT's recommended pre-quantization pass (shape inference + graph cleanup).
+
+    ORT's symbolic shape inference gives up on some graphs (a ``Resize`` whose output size
+    is computed from a dynamic batch, as in :class:`~medinfer.models.networks.ResizeUNet`);
+    those get ONNX's own shape inference only (``skip_symbolic_shape``), which is what the
+    quantizer needs to place the QDQ pairs.
+    """
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = work / (onnx_path.stem + "_prep.onnx")
-    quant_pre_process(str(onnx_path), str(out), skip_symbolic_shape=False)
+    try:
+        quant_pre_process(str(onnx_path), str(out), skip_symbolic_shape=False)
+    except Exception as exc:  # ORT raises a bare Exception("Incomplete symbolic shape inference")
+        log.info("symbolic shape inference failed on %s (%s); ONNX shape inference only", onnx_path, exc)
+        quant_pre_process(str(onnx_path), str(out), skip_symbolic_shape=True)
     return out
 
 
