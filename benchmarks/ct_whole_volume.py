@@ -33,6 +33,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import statistics
 import subprocess
 import sys
@@ -172,7 +173,7 @@ def run(args: argparse.Namespace) -> dict:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "machine": machine_info(), "versions": versions(),
         "model": str(args.model), "chosen_variant": chosen,
-        "input": {"path": str(args.input), "shape": list(truth.shape),
+        "input": {"path": os.path.relpath(args.input, REPO), "shape": list(truth.shape),
                   "held_out_slab": [z0, z1], "voxels": int(truth.size)},
         "budget_mb": args.budget_mb, "threads": args.threads, "rounds": args.rounds,
         "rows": rows,
