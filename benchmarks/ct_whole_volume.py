@@ -43,16 +43,11 @@ from pathlib import Path
 
 import numpy as np
 
+from medinfer.runtime.measure import rss_peak_mb
+
 HERE = Path(__file__).resolve()
 REPO = HERE.parent.parent
 log = logging.getLogger("ct_whole_volume")
-
-
-def vmhwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def one(args: argparse.Namespace) -> None:
@@ -95,7 +90,7 @@ def one(args: argparse.Namespace) -> None:
             labels = np.asarray(p.task.postprocess(logits, image).mask > 0, np.uint8)
     total_s = time.perf_counter() - t0
     np.save(args.save, labels)
-    print(json.dumps({"infer_s": infer_s, "total_s": total_s, "vmhwm_mb": vmhwm_mb()}))
+    print(json.dumps({"infer_s": infer_s, "total_s": total_s, "vmhwm_mb": rss_peak_mb()}))
 
 
 def child(args: argparse.Namespace, variant: str, save: Path) -> dict:

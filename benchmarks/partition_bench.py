@@ -37,6 +37,8 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import Progress
 
+from medinfer.runtime.measure import rss_peak_mb
+
 log = logging.getLogger("partition_bench")
 CHANNELS = (16, 32, 64, 128)
 HERE = Path(__file__).resolve()
@@ -54,13 +56,6 @@ def make_volume(size: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(1, 1, size, size, size, generator=g)
     return F.avg_pool3d(x, 5, 1, 2) * 4.0
-
-
-def vmhwm_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def one(args: argparse.Namespace) -> None:
@@ -84,7 +79,7 @@ def one(args: argparse.Namespace) -> None:
     seconds = time.perf_counter() - t0
     if args.save:
         np.save(args.save, y.numpy())
-    print(json.dumps({"seconds": seconds, "vmhwm_mb": vmhwm_mb()}))
+    print(json.dumps({"seconds": seconds, "vmhwm_mb": rss_peak_mb()}))
 
 
 def child(variant: str, size: int, threads: int, **kw: object) -> dict:

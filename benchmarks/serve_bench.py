@@ -909,34 +909,43 @@ def all_delivered(record: list[Sent], tracker: Tracker) -> bool:
 
 # --------------------------------------------------------------------------- warm start
 
-def run_warm(setup: Setup, mr: list[Dataset], later: int) -> dict:
-    """Start a fresh service; time /health and each worker's "worker started"; send one MR
-    series as soon as /health answers (not waiting for the workers: what a modality would
-    do) and ``later`` more one after the other (closed loop)."""
+def send_until_seg(sender: Sender, tracker: Tracker, study: list[Dataset],
+                   timeout: float) -> tuple[str, float, float | None]:
+    """C-STORE ``study`` and wait until its SEG is stored in the PACS: (study UID, time the
+    last instance was acknowledged, time the SEG was stored or None after ``timeout`` s)."""
+    acked = sender.send(study)
+    uid = str(study[0].StudyInstanceUID)
+    deadline, st = time.time() + timeout, None
+    while time.time() < deadline:
+        st = tracker.study(uid)
+        if st is not None and st.seg_sent:
+            break
+        time.sleep(0.05)
+    return uid, acked, st.seg_sent_at if st and st.seg_sent else None
+
+
+def done_job_seconds(tracker: Tracker) -> dict[str, dict]:
+    """Study UID -> the stage seconds of its done job."""
     from sqlalchemy import select
 
     from medinfer.serve.models import Job, Study
 
+    with tracker.store.session() as s:
+        return {uid: sec for uid, sec in s.execute(
+            select(Study.study_uid, Job.seconds).join(Job, Job.study_id == Study.id)
+            .where(Job.state == "done"))}
+
+
+def run_warm(setup: Setup, mr: list[Dataset], later: int) -> dict:
+    """Start a fresh service; time /health and each worker's "worker started"; send one MR
+    series as soon as /health answers (not waiting for the workers: what a modality would
+    do) and ``later`` more one after the other (closed loop)."""
     with ServiceRun(setup) as svc:
         t_health = svc.wait_ready(workers=False)
         tracker = Tracker(setup.db_url, 0.05).__enter__()  # the service made the database
         sender = Sender(setup.dicom_port)
-        studies = []
-        for _ in range(1 + later):
-            study = mr_study(mr)
-            acked = sender.send(study)
-            uid = str(study[0].StudyInstanceUID)
-            deadline = time.time() + 180
-            while time.time() < deadline:
-                st = tracker.study(uid)
-                if st is not None and st.seg_sent:
-                    break
-                time.sleep(0.05)
-            studies.append((uid, acked, st.seg_sent_at if st and st.seg_sent else None))
-        with tracker.store.session() as s:
-            seconds = {uid: sec for uid, sec in s.execute(
-                select(Study.study_uid, Job.seconds).join(Job, Job.study_id == Study.id)
-                .where(Job.state == "done"))}
+        studies = [send_until_seg(sender, tracker, mr_study(mr), 180) for _ in range(1 + later)]
+        seconds = done_job_seconds(tracker)
         tracker.__exit__()
         rows = [{"latency_s": round(end - acked, 3) if end else None,
                  "job_seconds": seconds.get(uid, {})} for uid, acked, end in studies]
@@ -962,32 +971,16 @@ def run_warm(setup: Setup, mr: list[Dataset], later: int) -> dict:
 def run_ct(setup: Setup, ct: list[Dataset], repeats: int) -> dict:
     """A warm service; the CT series sent ``repeats`` times one after the other (closed loop):
     last instance acknowledged -> SEG stored in Orthanc, with the job's stage seconds."""
-    from sqlalchemy import select
-
-    from medinfer.serve.models import Job, Study
-
     with ServiceRun(setup) as svc:
         svc.wait_ready()
         tracker = Tracker(setup.db_url, 0.05).__enter__()
         sender = Sender(setup.dicom_port)
         studies = []
-        for _ in range(repeats):
-            study = mr_study(ct)  # new UIDs, pixels and geometry unchanged
-            acked = sender.send(study)
-            uid = str(study[0].StudyInstanceUID)
-            deadline = time.time() + 600
-            while time.time() < deadline:
-                st = tracker.study(uid)
-                if st is not None and st.seg_sent:
-                    break
-                time.sleep(0.05)
-            studies.append((uid, acked, st.seg_sent_at if st and st.seg_sent else None))
+        for _ in range(repeats):  # mr_study: new UIDs, pixels and geometry unchanged
+            studies.append(send_until_seg(sender, tracker, mr_study(ct), 600))
             log.info("CT study: %.1f s from last C-STORE to SEG in the PACS",
-                     (studies[-1][2] or float("nan")) - acked)
-        with tracker.store.session() as s:
-            seconds = {uid: sec for uid, sec in s.execute(
-                select(Study.study_uid, Job.seconds).join(Job, Job.study_id == Study.id)
-                .where(Job.state == "done"))}
+                     (studies[-1][2] or float("nan")) - studies[-1][1])
+        seconds = done_job_seconds(tracker)
         tracker.__exit__()
         rows = [{"latency_s": round(end - acked, 3) if end else None,
                  "job_seconds": seconds.get(uid, {})} for uid, acked, end in studies]

@@ -57,7 +57,7 @@ class VariantTiming:
     samples_single_ms: list[float] = field(default_factory=list)
 
 
-def _rss_peak_mb() -> float:
+def rss_peak_mb() -> float:
     """This process's peak resident set, MiB.
 
     Linux's ``ru_maxrss`` survives ``execve`` (a worker would inherit its parent's peak),
@@ -106,7 +106,7 @@ def measure_variant(art: ModelArtifact, name: str, s: MeasureSettings) -> Varian
     shape = (art.spec.input.channels, *art.spec.input.spatial)
     batch = rng.standard_normal((s.batch, *shape), dtype=np.float32)
     single = batch[:1].copy()
-    baseline = _rss_peak_mb()
+    baseline = rss_peak_mb()
     # A deployment compiles for the batch it serves: backends that can specialise a graph
     # to a static shape (OpenVINO) get one engine per batch size; the others ignore it.
     t0 = time.perf_counter()
@@ -117,7 +117,7 @@ def measure_variant(art: ModelArtifact, name: str, s: MeasureSettings) -> Varian
     engine = open_engine(art, variant, EngineOptions(threads=s.threads, static_batch=1))
     one = timed_runs(engine.infer, single, s.warmup, s.runs_single)
     engine.close()
-    peak = _rss_peak_mb()
+    peak = rss_peak_mb()
     in_flight_ips = _throughput(art, variant, s, single)
     return VariantTiming(
         name=name, backend=variant.backend, precision=variant.precision, threads=s.threads,
