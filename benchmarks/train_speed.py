@@ -5,7 +5,8 @@ Variants of one training step (forward, loss in FP32, backward, Adam step):
 around the forward), ``bf16+channels_last``, ``fp32+compile`` and ``bf16+compile``
 (``torch.compile`` of the network, default mode; its compile time is reported apart and
 the throughput is the steady state after it). Networks: densenet121 (224² RGB, batch 16,
-1 logit), the shipped polyp resunet (224², batch 16, channels 16..256), unet3d and
+1 logit), the first polyp resunet (224², batch 16, channels 16..256), the retrained one
+(``resunet-wide``: 32..512, ReLU, resize decoder), unet3d and
 dense_unet3d (48×64×48, batch 2, 3 outputs), on synthetic data.
 
 Each variant has its own copy of the network (same initial weights) and optimizer. After
@@ -68,6 +69,8 @@ class NetCase:
 CASES = (
     NetCase("densenet121", "densenet121", 3, 1, (224, 224), 16),
     NetCase("resunet", "resunet", 3, 1, (224, 224), 16, {"channels": (16, 32, 64, 128, 256)}),
+    NetCase("resunet-wide", "resunet", 3, 1, (224, 224), 16,
+            {"channels": (32, 64, 128, 256, 512), "act": "relu", "up": "resize"}),
     NetCase("unet3d", "unet3d", 1, 3, (48, 64, 48), 2),
     NetCase("dense_unet3d", "dense_unet3d", 1, 3, (48, 64, 48), 2),
 )
