@@ -117,16 +117,17 @@ PrecisionOpt = Annotated[Optional[str], typer.Option(help="fp32 | int8 | int8-dy
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Option(help="Model artifact folder.")],
-    data: Annotated[Path, typer.Option(help="Data folder in the model's layout: images/+masks/ (2D or NIfTI volumes) or labels.csv+images/.")],
+    data: Annotated[Path, typer.Option(help="Data folder in the model's layout: images/+masks/ (2D or NIfTI volumes), DICOM cases (<case>/ct/ + <case>/masks/<structure>/) or labels.csv+images/.")],
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the JSON here.")] = None,
     threads: int = 2,
-    bootstrap: Annotated[int, typer.Option(help="Classification: bootstrap resamples for the 95% intervals.")] = 1000,
+    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples (of images or volumes) for the 95% intervals; 0: none.")] = 1000,
 ) -> None:
     """The task's metrics of one variant over a folder, printed as JSON.
 
-    Segmentation: ``{dice, iou, n, backend, precision}``. Classification: mean AUC over the
+    Segmentation: ``{dice, iou, n, intervals, backend, precision}`` (intervals over the
+    images or volumes). Classification: mean AUC over the
     findings present, abnormal AUC, per-finding AUC (``auc/<finding>``), each with a
     bootstrap 95% interval under ``intervals``.
     """

@@ -98,3 +98,10 @@ def test_volume_folder_errors(tmp_path: Path, vol_data: Path) -> None:
     with pytest.raises(InputError, match="no matching mask") as info:
         find_volume_pairs(broken)
     assert "v1.nii.gz" in str(info.value)
+
+
+def test_segmentation_evaluate_has_bootstrap_intervals_over_cases(vol_artifact, vol_data: Path) -> None:
+    result = evaluate_folder(vol_artifact, vol_data, n_boot=200)
+    lo, hi = result["intervals"]["dice"]
+    assert lo <= result["dice"] <= hi and set(result["intervals"]) >= {"dice", "iou"}
+    assert "intervals" not in evaluate_folder(vol_artifact, vol_data, n_boot=0)

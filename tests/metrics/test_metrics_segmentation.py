@@ -93,3 +93,17 @@ def test_empty_batch_gives_empty_scores() -> None:
     empty = np.zeros((0, 4, 4), bool)
     dice, iou = dice_iou_per_image(empty, empty)
     assert dice.shape == (0,) and iou.shape == (0,)
+
+
+def test_mean_interval_brackets_the_mean_and_narrows_with_more_cases() -> None:
+    import numpy as np
+
+    from medinfer.metrics import mean_interval
+
+    rng = np.random.default_rng(0)
+    few, many = rng.uniform(0.6, 1.0, 20), rng.uniform(0.6, 1.0, 2000)
+    lo, hi = mean_interval(few, 500)
+    assert lo < few.mean() < hi
+    lo2, hi2 = mean_interval(many, 500)
+    assert hi2 - lo2 < (hi - lo) / 3
+    assert all(np.isnan(mean_interval(few[:1], 500)))  # one case (one volume): no interval

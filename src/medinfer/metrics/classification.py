@@ -68,7 +68,8 @@ def _auc_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return auc
 
 
-def _interval(boot: np.ndarray) -> tuple[float, float]:
+def percentile_interval(boot: np.ndarray) -> tuple[float, float]:
+    """2.5th-97.5th percentile of the finite bootstrap values (NaN when there are none)."""
     boot = boot[np.isfinite(boot)]
     if boot.size == 0:
         return float("nan"), float("nan")
@@ -99,15 +100,15 @@ def classification_scores(probs: np.ndarray, labels: np.ndarray, classes: Sequen
         boot_mean = np.nanmean(np.where(present, boot, np.nan), axis=1) if present.any() else boot[:, 0]
     per_class = {}
     for k, c in enumerate(classes):
-        lo, hi = _interval(boot[:, k])
+        lo, hi = percentile_interval(boot[:, k])
         per_class[c] = AucScore(float(point[k]), lo, hi, int(labels[:, k].sum()), n)
     mean = float(np.mean(point[present])) if present.any() else float("nan")
-    mean_score = AucScore(mean, *_interval(boot_mean), int(present.sum()), n)
+    mean_score = AucScore(mean, *percentile_interval(boot_mean), int(present.sum()), n)
     abn = None
     if abnormal is not None:
         abnormal = np.asarray(abnormal, np.float64)
         top = probs.max(axis=1)
         a = roc_auc(top, abnormal)
         b = _auc_matrix(top[idx].T, abnormal[idx].T) if n_boot else np.array([])  # columns: resamples
-        abn = AucScore(a, *_interval(b), int(abnormal.sum()), n)
+        abn = AucScore(a, *percentile_interval(b), int(abnormal.sum()), n)
     return ClassificationScores(per_class, mean_score, abn, [c for c, p in zip(classes, present) if p])

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_iou
 
+from medinfer.metrics.classification import percentile_interval
+
 
 def dice_iou_per_image(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per-image Dice and IoU of binary masks.
@@ -40,6 +42,16 @@ class SegmentationScores:
 
     def as_dict(self) -> dict[str, float | int]:
         return asdict(self)
+
+
+def mean_interval(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """Bootstrap 95 % interval of the mean of per-case ``values`` (cases resampled with
+    replacement ``n_boot`` times; 2.5th-97.5th percentile). NaN for fewer than 2 cases."""
+    values = np.asarray(values, np.float64)
+    if len(values) < 2 or n_boot <= 0:
+        return float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
+    return percentile_interval(values[idx].mean(axis=1))
 
 
 def summarize(dice: np.ndarray, iou: np.ndarray) -> SegmentationScores:

@@ -14,7 +14,7 @@ from medinfer.data.pairs import find_pairs, load_pairs
 from medinfer.data.preprocess import resize_mask
 from medinfer.io import Image, overlay, write_mask_nifti, write_mask_png
 from medinfer.io.derived import overlay_slice, write_png, write_sc, write_seg
-from medinfer.metrics import dice_iou_per_image, summarize
+from medinfer.metrics import dice_iou_per_image, mean_interval
 from medinfer.tasks.base import Example, PictureTask, Prediction, Task, WriteOptions, WrittenFile
 
 
@@ -60,25 +60,35 @@ class SegmentationTask(Task):
 
         With several segments, ``dice/<name>`` and ``iou/<name>`` are each label's mean over
         cases (label == value in prediction and truth) and ``dice`` / ``iou`` the mean over
-        labels; with one, the foreground's."""
+        labels; with one, the foreground's. With ``n_boot``, bootstrap 95 % intervals over
+        the cases under ``intervals`` (NaN for one case: one volume has no interval)."""
         if not outputs:
             return {"dice": float("nan"), "iou": float("nan"), "n": 0.0}
         if len(self.segments) == 1:
-            s = self._scores(self.masks(outputs), [np.asarray(t) > 0 for t in data.masks])
-            return {"dice": s.dice, "iou": s.iou, "n": float(s.n)}
-        labels = [labels_from_logits(o) for o in outputs]
-        per: dict[str, float] = {}
-        for value, name in sorted(self.segments.items()):
-            s = self._scores([p == value for p in labels], [np.asarray(t) == value for t in data.masks])
-            per[f"dice/{name}"], per[f"iou/{name}"] = s.dice, s.iou
-        dice = float(np.mean([v for k, v in per.items() if k.startswith("dice/")]))
-        iou = float(np.mean([v for k, v in per.items() if k.startswith("iou/")]))
-        return {"dice": dice, "iou": iou, "n": float(len(outputs)), **per}
+            per_case = {"": self._per_case(self.masks(outputs), [np.asarray(t) > 0 for t in data.masks])}
+        else:
+            labels = [labels_from_logits(o) for o in outputs]
+            per_case = {f"/{name}": self._per_case([p == value for p in labels],
+                                                   [np.asarray(t) == value for t in data.masks])
+                        for value, name in sorted(self.segments.items())}
+        cases = {"dice": np.mean([d for d, _ in per_case.values()], axis=0),
+                 "iou": np.mean([i for _, i in per_case.values()], axis=0)}
+        out: dict[str, Any] = {"dice": float(cases["dice"].mean()), "iou": float(cases["iou"].mean()),
+                               "n": float(len(outputs))}
+        if len(per_case) > 1:
+            for suffix, (d, i) in per_case.items():
+                out[f"dice{suffix}"], out[f"iou{suffix}"] = float(d.mean()), float(i.mean())
+        if n_boot:
+            values = {**cases, **{f"{m}{suffix}": v for suffix, pair in per_case.items() if suffix
+                                  for m, v in zip(("dice", "iou"), pair)}}
+            out["intervals"] = {k: list(mean_interval(v, n_boot)) for k, v in values.items()}
+        return out
 
     @staticmethod
-    def _scores(preds: list[np.ndarray], truths: list[np.ndarray]) -> Any:
+    def _per_case(preds: list[np.ndarray], truths: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Per-case Dice and IoU arrays."""
         dice, iou = zip(*(dice_iou_per_image(p[None], t[None]) for p, t in zip(preds, truths)))
-        return summarize(np.concatenate(dice), np.concatenate(iou))
+        return np.concatenate(dice), np.concatenate(iou)
 
     def gate(self, ref: dict[str, float], cand: dict[str, float], limits: Any) -> str:
         """The mean Dice gate, and the same limit on every label's Dice (a variant must not
