@@ -162,9 +162,11 @@ def test_concurrent_associations_store_everything(scp, store: Store, clock) -> N
 def test_service_restart_loses_nothing_received(make_config) -> None:  # noqa: ANN001
     from medinfer.serve.service import Service
 
-    cfg = make_config(quiet_seconds=1.0, workers=0,
-                      dicom={"port": free_port(), "allowed_calling_aets": ["MODALITY"]})
-    first = Service(cfg, tick_seconds=0.05)
+    dicom = {"port": free_port(), "allowed_calling_aets": ["MODALITY"]}
+    # a quiet time the first service cannot reach however slow the machine, so it surely
+    # stops with the study still open; the restarted one (same storage) closes it at once
+    first = Service(make_config(quiet_seconds=600.0, workers=0, dicom=dicom), tick_seconds=0.05)
+    cfg = make_config(quiet_seconds=0.5, workers=0, dicom=dicom)
     first.start_background()
     assoc = associate(cfg.dicom.port, "MODALITY")
     series = make_series(3)
