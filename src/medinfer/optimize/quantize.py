@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+_ORT_DEBUG_DUMP = re.compile(r"sym_shape_infer_temp\.onnx.*|[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\.data")
+"""What ORT's symbolic shape inference writes into the working directory when it fails:
+the partial model and its weights as external data under a UUID name."""
 
 
 class _CalibrationReader:
@@ -32,11 +37,16 @@ def _preprocessed(onnx_path: Path, work: Path) -> Path:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = work / (onnx_path.stem + "_prep.onnx")
+    before = set(Path.cwd().iterdir())
     try:
         quant_pre_process(str(onnx_path), str(out), skip_symbolic_shape=False)
     except Exception as exc:  # ORT raises a bare Exception("Incomplete symbolic shape inference")
         log.info("symbolic shape inference failed on %s (%s); ONNX shape inference only", onnx_path, exc)
         quant_pre_process(str(onnx_path), str(out), skip_symbolic_shape=True)
+    finally:  # on failure ORT dumps its partial model into the working directory
+        for dump in set(Path.cwd().iterdir()) - before:
+            if _ORT_DEBUG_DUMP.fullmatch(dump.name):
+                dump.unlink(missing_ok=True)
     return out
 
 
