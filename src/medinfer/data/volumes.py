@@ -56,8 +56,13 @@ class VolumePair:
 
     @property
     def label(self) -> str:
-        """The name with its slab, e.g. ``ircadb01_01[z 96:129]`` once loaded (here fractions)."""
+        """The name with its slab fractions, e.g. ``ircadb01_01[z 0.75-1.00]`` (a split record)."""
         return self.name if self.slab is None else f"{self.name}[z {self.slab[0]:.2f}-{self.slab[1]:.2f}]"
+
+    def slab_slices(self, depth: int) -> tuple[int, int]:
+        """The slab as slice indices ``[z0, z1)`` of a volume ``depth`` slices deep."""
+        a, b = self.slab or (0.0, 1.0)
+        return int(round(a * depth)), int(round(b * depth))
 
     def in_slab(self, start: float, stop: float) -> VolumePair:
         """This pair restricted to the ``start``-``stop`` fractions of its last axis."""
@@ -188,10 +193,9 @@ def load_volumes(pairs: Sequence[VolumePair], spec: Preprocessing,
         x = prepare_volume(image.array, spec)
         name = pair.name
         if pair.slab is not None:
-            depth = x.shape[-1]
-            z0, z1 = (int(round(f * depth)) for f in pair.slab)
+            z0, z1 = pair.slab_slices(x.shape[-1])
             if z1 - z0 < 1:
-                raise InputError(pair.image, f"slab {pair.slab} of {depth} slices holds no slice")
+                raise InputError(pair.image, f"slab {pair.slab} of {x.shape[-1]} slices holds no slice")
             x, mask, name = x[..., z0:z1], mask[..., z0:z1], f"{pair.name}[z {z0}:{z1}]"
         names.append(name)
         images.append(np.ascontiguousarray(x))
@@ -277,8 +281,7 @@ def _write_dicom_slabs(pairs: Sequence[VolumePair], dest: Path) -> Path:
     to the slab's slice files (image and every mask series): the source files unmodified."""
     for p in pairs:
         files = _series_files(p.image)
-        a, b = p.slab or (0.0, 1.0)
-        z0, z1 = int(round(a * len(files))), int(round(b * len(files)))
+        z0, z1 = p.slab_slices(len(files))
         case = dest / (p.name if p.slab is None else f"{p.name}_z{z0}-{z1}")
         for src, sub in ((p.image, DICOM_CASE_IMAGE),
                          *((m, f"{DICOM_CASE_MASKS}/{m.name}") for m in (p.mask, *p.extra_masks))):

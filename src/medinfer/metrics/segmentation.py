@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import torch
 from monai.metrics import compute_dice, compute_iou
@@ -32,18 +30,6 @@ def dice_iou_per_image(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray
     return dice.double().numpy(), iou.double().numpy()
 
 
-@dataclass(frozen=True)
-class SegmentationScores:
-    """Mean per-image Dice and IoU over ``n`` images (threshold 0.5)."""
-
-    dice: float
-    iou: float
-    n: int
-
-    def as_dict(self) -> dict[str, float | int]:
-        return asdict(self)
-
-
 def mean_interval(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
     """Bootstrap 95 % interval of the mean of per-case ``values`` (cases resampled with
     replacement ``n_boot`` times; 2.5th-97.5th percentile). NaN for fewer than 2 cases."""
@@ -52,8 +38,3 @@ def mean_interval(values: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tupl
         return float("nan"), float("nan")
     idx = np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))
     return percentile_interval(values[idx].mean(axis=1))
-
-
-def summarize(dice: np.ndarray, iou: np.ndarray) -> SegmentationScores:
-    """Mean of per-image scores."""
-    return SegmentationScores(float(np.mean(dice)), float(np.mean(iou)), int(len(dice)))
