@@ -1,4 +1,5 @@
-"""Standard codes for the segments and findings that medinfer's models name.
+"""Standard codes for the segments, findings, measurements and parametric map quantities
+that medinfer's models name.
 
 A DICOM SEG segment is identified by a *segmented property category* and *type* (plus an
 optional type modifier and anatomic region); a finding in an SR by its *concept name*.
@@ -20,6 +21,9 @@ Lookup rules:
 * A finding name unknown to the finding table is looked up as a segment type (a model
   may classify ``"polyp"`` or ``"lesion"``), and otherwise gets a private code.
 * ``"background"`` is no segment: :func:`segment_codes` refuses it.
+* A measurement or evaluation name unknown to its table (:func:`measurement_code`) gets a
+  private code; a perfusion quantity unknown to :data:`PERFUSION_QUANTITIES` is refused
+  (:func:`quantity_codes`): its unit could not be checked.
 
 Example:
     >>> segment_codes("Polyp").type.value
@@ -43,13 +47,17 @@ from pydicom.sr.coding import Code
 
 __all__ = [
     "HIPPOCAMPUS_DECATHLON",
+    "PERFUSION_QUANTITIES",
     "PRIVATE_SCHEME",
+    "QuantityCodes",
     "SegmentCodes",
     "finding_code",
     "is_private",
+    "measurement_code",
     "normalize",
     "private_code",
     "private_value",
+    "quantity_codes",
     "segment_codes",
 ]
 
@@ -267,3 +275,104 @@ def finding_code(name: str, overrides: Mapping[str, Code] | None = None) -> Code
     if segment is not None and segment.modifier is None and not is_private(segment.type):
         return segment.type
     return private_code(name)
+
+
+# Measurement and qualitative evaluation names (SR, TID 300 / TID 1500) -> concept names.
+# "Volume" and "Volume Ratio" are CID 7469 (Generic Intensity and Size Measurement); a
+# bare "ratio" is SNOMED CT's "Ratio" property, as unspecific as the name. DCM
+# "Eligibility" (126075) is a clinical-trial time point (CID 6146), not "eligible for a
+# treatment", so "eligible" keeps a private code.
+_MEASUREMENTS: dict[str, Code] = {
+    "volume": codes.SCT.Volume,
+    "volume ratio": codes.DCM.VolumeRatio,
+    "mismatch ratio": codes.DCM.VolumeRatio,
+    "ratio": codes.SCT.Ratio,
+    "probability": codes.DCM.Probability,
+}
+
+
+def measurement_code(name: str, overrides: Mapping[str, Code] | None = None) -> Code:
+    """The concept name of a measurement or qualitative evaluation ``name`` in an SR.
+
+    Args:
+        name: e.g. ``"volume"``, ``"volume ratio"``, ``"eligible"``.
+        overrides: name -> concept that wins over the table (names normalised alike).
+
+    Returns:
+        The standard concept where known (*Volume* is SCT 118565006), else a private one.
+    """
+    found = _override(name, overrides)
+    if found is None:
+        found = _MEASUREMENTS.get(normalize(name))
+    return found if found is not None else private_code(name)
+
+
+@dataclass(frozen=True)
+class QuantityCodes:
+    """What the values of a parametric map are (Real World Value Mapping, PS3.3 C.7.6.16.2.11).
+
+    Attributes:
+        concept: Quantity Definition, from CID 4108 *Perfusion Model Parameter*.
+        unit: UCUM unit of the values, the one CID 4108 gives the concept.
+        label: LUT Label (at most 16 characters), e.g. ``"CBF"``.
+        explanation: LUT Explanation, e.g. ``"Cerebral blood flow"``.
+    """
+
+    concept: Code
+    unit: Code
+    label: str
+    explanation: str
+
+
+_SECOND = codes.UCUM.Second
+
+# CT/MR perfusion maps. PS3.16 2019a retired the brain-specific concepts (DCM 113055
+# Regional Cerebral Blood Flow, 113056 Regional Cerebral Blood Volume) from CID 4108 in
+# favour of "Absolute Regional Blood Flow/Volume"; CID 4108 gives each concept its UCUM
+# unit (``ml/(100.g)/min`` is UCUM's spelling of "ml/100g/min").
+PERFUSION_QUANTITIES: Mapping[str, QuantityCodes] = {
+    "cbf": QuantityCodes(codes.DCM.AbsoluteRegionalBloodFlow,
+                         Code("ml/(100.g)/min", "UCUM", "ml per 100 g per minute"),
+                         "CBF", "Cerebral blood flow"),
+    "cbv": QuantityCodes(codes.DCM.AbsoluteRegionalBloodVolume,
+                         Code("ml/(100.g)", "UCUM", "ml per 100 g"),
+                         "CBV", "Cerebral blood volume"),
+    "mtt": QuantityCodes(codes.DCM.MeanTransitTime, _SECOND, "MTT", "Mean transit time"),
+    "tmax": QuantityCodes(codes.DCM.Tmax, _SECOND, "Tmax",
+                          "Time to the maximum of the residue function"),
+    "ttp": QuantityCodes(codes.DCM.TimeToPeak, _SECOND, "TTP", "Time to peak"),
+}
+
+# Common spellings of the units that are not UCUM ("100g" is no UCUM term) -> UCUM.
+_UNIT_SPELLINGS = {"ml/100g/min": "ml/(100.g)/min", "ml/100g": "ml/(100.g)"}
+
+
+def _unit_key(unit: str) -> str:
+    """``unit`` in UCUM's spelling (UCUM is case-sensitive, but ``mL`` = ``ml``)."""
+    key = unit.replace(" ", "").replace("mL", "ml")
+    return _UNIT_SPELLINGS.get(key, key)
+
+
+def quantity_codes(name: str, unit: str | None = None) -> QuantityCodes:
+    """The codes of the perfusion quantity ``name`` (``cbf``, ``cbv``, ``mtt``, ``tmax``, ``ttp``).
+
+    Args:
+        name: quantity, any case (``"CBF"``, ``"Tmax"``).
+        unit: the unit the caller's values are in, as a check: the quantity's UCUM code
+            or a common spelling of it (``"ml/100g/min"``, ``"mL/(100.g)/min"``, ``"s"``);
+            ``None`` takes the quantity's unit.
+
+    Returns:
+        The quantity's concept and UCUM unit (always the standard spelling).
+
+    Raises:
+        ValueError: an unknown quantity, or a unit that is not the quantity's (convert
+            the values first: a map in ms is not relabelled).
+    """
+    found = PERFUSION_QUANTITIES.get(normalize(name))
+    if found is None:
+        raise ValueError(f"unknown perfusion quantity {name!r}; known: "
+                         f"{', '.join(PERFUSION_QUANTITIES)}")
+    if unit is not None and _unit_key(unit) != _unit_key(found.unit.value):
+        raise ValueError(f"{name} is written in {found.unit.value!r}, not {unit!r}")
+    return found

@@ -1,5 +1,5 @@
-"""Derived DICOM objects for PACS and viewers: DICOM SEG, Comprehensive SR, Secondary
-Capture (with highdicom, imported on first use), plus the PNG and JSON beside them.
+"""Derived DICOM objects for PACS and viewers: DICOM SEG, Parametric Map, Comprehensive SR,
+Secondary Capture (with highdicom, imported on first use), plus the PNG and JSON beside them.
 
 All DICOM results are built from the source instances, so they carry the source's
 patient/study module and reference the source series. A mask has the series' array
@@ -13,6 +13,7 @@ import json
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,28 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.coding import Code
 
-from medinfer.io.codes import SegmentCodes, finding_code, segment_codes
+from medinfer.io.codes import (
+    PERFUSION_QUANTITIES,
+    SegmentCodes,
+    finding_code,
+    measurement_code,
+    normalize,
+    quantity_codes,
+    segment_codes,
+)
 from medinfer.io.writers import overlay
 
 __all__ = [
     "SERIES_OFFSETS",
+    "SrGroup",
+    "SrMeasurement",
     "derived_series_number",
     "fill_type2",
     "overlay_slice",
     "tolerant_copies",
     "write_json",
+    "write_measurements_sr",
+    "write_parametric_map",
     "write_png",
     "write_sc",
     "write_seg",
@@ -41,8 +54,9 @@ logger = logging.getLogger(__name__)
 
 MANUFACTURER = "medinfer"
 # Series number of a derived series = the source's SeriesNumber + this offset, so that the
-# SEG, SC and SR of every series in a study get numbers of their own.
-SERIES_OFFSETS = {"seg": 9000, "sc": 9100, "sr": 9200}
+# SEG, SC, SR and parametric maps (one series per quantity: + its index in
+# PERFUSION_QUANTITIES) of every series in a study get numbers of their own.
+SERIES_OFFSETS = {"seg": 9000, "sc": 9100, "sr": 9200, "pm": 9300}
 _IS_MAX = 2**31 - 1  # the largest value of an IS (Integer String) attribute
 _COLORS = ((255, 0, 0), (0, 200, 0), (0, 120, 255), (255, 200, 0), (200, 0, 255), (0, 220, 220))
 
@@ -69,15 +83,16 @@ def fill_type2(datasets: Sequence[Dataset]) -> list[Dataset]:
     return list(datasets)
 
 
-def derived_series_number(source: Dataset, kind: str) -> int:
-    """Series number of the ``kind`` (``seg``, ``sc``, ``sr``) object derived from ``source``:
-    its SeriesNumber (0 when missing or malformed) + :data:`SERIES_OFFSETS`, clipped to
-    the IS range (0 .. 2**31 - 1)."""
+def derived_series_number(source: Dataset, kind: str, index: int = 0) -> int:
+    """Series number of the ``kind`` (``seg``, ``sc``, ``sr``, ``pm``) object derived from
+    ``source``: its SeriesNumber (0 when missing or malformed) + :data:`SERIES_OFFSETS` +
+    ``index`` (which of several series of one kind, e.g. the quantity of a parametric
+    map), clipped to the IS range (0 .. 2**31 - 1)."""
     try:
         base = int(source.get("SeriesNumber") or 0)
     except (TypeError, ValueError):
         base = 0
-    return max(0, min(base + SERIES_OFFSETS[kind], _IS_MAX))
+    return max(0, min(base + SERIES_OFFSETS[kind] + index, _IS_MAX))
 
 
 # Patient/study attributes that highdicom copies (Type 2 are blanked when malformed, the
@@ -271,6 +286,108 @@ def write_seg(sources: Sequence[Dataset], mask: np.ndarray, segments: dict[int, 
     return out, str(uid)
 
 
+def _padded(frames: np.ndarray) -> tuple[np.ndarray, float | None, tuple[float, float]]:
+    """float32 ``frames`` with their non-finite values (NaN, +-inf) set to a padding value.
+
+    The padding is -1.0 (perfusion quantities are not negative), or 1 below the floor of
+    the smallest value when the values go that low, so it never equals a value.
+
+    Returns:
+        (frames, padding value or ``None`` when every value is finite, (smallest, largest)
+        finite value).
+
+    Raises:
+        ValueError: no value is finite.
+    """
+    finite = np.isfinite(frames)
+    if not finite.any():
+        raise ValueError("the map has no finite value")
+    lo, hi = float(frames[finite].min()), float(frames[finite].max())
+    if finite.all():
+        return frames, None, (lo, hi)
+    padding = min(-1.0, float(np.floor(lo)) - 1.0)
+    return np.where(finite, frames, np.float32(padding)).astype(np.float32), padding, (lo, hi)
+
+
+def _map_frames(values: np.ndarray, sources: Sequence[Dataset]) -> np.ndarray:
+    """``(rows, cols[, slices])`` values -> float32 ``(frames, rows, cols)``, checked
+    against the sources (which must have patient geometry: a map is of a volume)."""
+    flat = [k for k, ds in enumerate(sources)
+            if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds]
+    if not sources or flat:
+        raise ValueError(f"a parametric map needs source slices with a position and an "
+                         f"orientation in the patient; instances {flat} have none")
+    values = np.asarray(values, np.float32)
+    if values.ndim not in (2, 3):
+        raise ValueError(f"values must be (rows, cols) or (rows, cols, slices), not {values.shape}")
+    if values.ndim == 2 and len(sources) != 1:
+        raise ValueError(f"a 2D map needs one source instance, not {len(sources)}")
+    size = (int(sources[0].Rows), int(sources[0].Columns))
+    if values.shape[:2] != size:
+        raise ValueError(f"values are {values.shape[:2]} but the source slices {size}")
+    return np.ascontiguousarray(_frames(values, len(sources)))
+
+
+def write_parametric_map(sources: Sequence[Dataset], values: np.ndarray, out: Path, *,
+                         quantity: str, unit: str | None = None, algorithm: str, version: str,
+                         series_number: int | None = None) -> tuple[Path, str]:
+    """Write a DICOM Parametric Map (float pixels) of one perfusion quantity.
+
+    The map is a series of its own, on the sources' geometry: every frame references its
+    source instance (Derivation Image Sequence) and carries its plane position. highdicom
+    sorts the frames by position, which need not be the array order: match frames to
+    slices by those references. Non-finite values (outside the brain, no fit)
+    are written as a padding value, recorded as Float Pixel Padding Value and outside
+    the Real World Value Mapping's range (see :func:`_padded`).
+
+    Args:
+        sources: the source instances in array order (:attr:`medinfer.io.Image.instances`;
+            pixel data may be absent).
+        values: ``(rows, cols)`` (one source) or ``(rows, cols, slices)`` float map in the
+            series' array layout, in ``unit``; slice ``k`` lies on ``sources[k]``.
+        out: file to write.
+        quantity: ``cbf`` (ml/100 g/min), ``cbv`` (ml/100 g), ``mtt``, ``tmax``, ``ttp``
+            (s); see :data:`medinfer.io.codes.PERFUSION_QUANTITIES`.
+        unit: the values' unit, checked against the quantity's (``None``: the quantity's).
+        algorithm: algorithm name recorded in the map (the artifact).
+        version: algorithm version (the variant).
+        series_number: default :func:`derived_series_number` (``pm``, + the quantity's index).
+
+    Returns:
+        (path, SOP Instance UID).
+
+    Raises:
+        ValueError: an unknown quantity, a wrong unit, values that do not fit the sources
+            (or sources without patient geometry), or no finite value.
+    """
+    import highdicom as hd
+
+    coded = quantity_codes(quantity, unit)
+    frames, padding, (lo, hi) = _padded(_map_frames(values, sources))
+    if series_number is None:
+        index = list(PERFUSION_QUANTITIES).index(normalize(quantity))
+        series_number = derived_series_number(sources[0], "pm", index)
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label=coded.label, lut_explanation=coded.explanation, unit=coded.unit,
+        value_range=(lo, hi), quantity_definition=coded.concept)
+    window = hd.VOILUTTransformation(window_center=(lo + hi) / 2, window_width=max(hi - lo, 1e-3))
+    uid = hd.UID()
+    pm = hd.pm.ParametricMap(
+        source_images=tolerant_copies(sources), pixel_array=frames,
+        series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=uid,
+        instance_number=1, manufacturer=MANUFACTURER, manufacturer_model_name=algorithm[:64],
+        software_versions=_software(), device_serial_number="0",
+        contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
+        voi_lut_transformations=[window], content_label=coded.label.upper(),
+        content_description=f"{coded.label} by {algorithm} {version}"[:64],
+        series_description=f"medinfer {coded.label} {algorithm}"[:64])
+    if padding is not None:
+        pm.FloatPixelPaddingValue = padding
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pm.save_as(out)
+    return out, str(uid)
+
+
 def overlay_slice(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]:
     """RGB overlay of the slice with the most foreground (the middle one when empty).
 
@@ -368,6 +485,102 @@ def _orientation(ds: Dataset) -> tuple[str, str]:
     return letters(iop[:3]) or "L", letters(iop[3:]) or "P"
 
 
+@dataclass(frozen=True)
+class SrMeasurement:
+    """One numeric measurement of an SR measurement group (TID 300).
+
+    Attributes:
+        name: what is measured, e.g. ``"volume"`` (:func:`medinfer.io.codes.measurement_code`).
+        value: the number, in ``unit``; finite.
+        unit: UCUM code, e.g. ``"ml"``, ``"{ratio}"``.
+        unit_meaning: the unit in words, e.g. ``"milliliter"``.
+    """
+
+    name: str
+    value: float
+    unit: str
+    unit_meaning: str
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.value):
+            raise ValueError(f"measurement {self.name!r} is not finite: {self.value}")
+        if not self.unit.strip():
+            raise ValueError(f"measurement {self.name!r} has no unit")
+
+
+@dataclass(frozen=True)
+class SrGroup:
+    """One finding of a measurement report (a TID 1501 measurement group).
+
+    Attributes:
+        finding: finding name (:func:`medinfer.io.codes.finding_code`), also its tracking
+            identifier, e.g. ``"ischemic core"``.
+        measurements: its numeric measurements.
+        evaluations: (name, yes?) qualitative evaluations, written SCT *Yes* / *No*, e.g.
+            ``(("eligible", True),)``; the name is coded by
+            :func:`medinfer.io.codes.measurement_code`.
+    """
+
+    finding: str
+    measurements: tuple[SrMeasurement, ...] = ()
+    evaluations: tuple[tuple[str, bool], ...] = ()
+
+
+@dataclass(frozen=True)
+class _CodedGroup:
+    """A measurement group in codes: what :func:`_measurement_groups` writes."""
+
+    tracking: str
+    finding: Code
+    measurements: tuple[tuple[Code, float, Code], ...]  # (name, value, unit)
+    evaluations: tuple[tuple[Code, Code], ...]  # (name, value)
+
+
+def _measurement_groups(groups: Sequence[_CodedGroup], algo: Any, refs: list[Any]) -> list[Any]:
+    """highdicom TID 1501 measurement groups, one per group, with the algorithm and source."""
+    import highdicom as hd
+
+    return [hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=g.tracking),
+        finding_type=g.finding, algorithm_id=algo, source_images=refs,
+        measurements=[hd.sr.Measurement(name=n, value=v, unit=u) for n, v, u in g.measurements],
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=n, value=v)
+                                 for n, v in g.evaluations])
+        for g in groups]
+
+
+def _write_report(sources: Sequence[Dataset], groups: Sequence[_CodedGroup], out: Path, *,
+                  algorithm: str, version: str, series_number: int | None,
+                  title: Code | None, description: str) -> tuple[Path, str]:
+    """Write a Comprehensive SR (TID 1500 measurement report) of ``groups``: the device
+    observer, the sources as evidence (the first as each group's source image) and the
+    series number (default :func:`derived_series_number`)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes as dicom_codes
+
+    algo = hd.sr.AlgorithmIdentification(name=algorithm, version=version)
+    device = hd.sr.ObserverContext(
+        observer_type=dicom_codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=hd.UID(), name=algorithm[:64]))
+    evidence = tolerant_copies(sources)
+    if series_number is None:
+        series_number = derived_series_number(sources[0], "sr")
+    refs = [hd.sr.SourceImageForMeasurementGroup.from_source_image(evidence[0])]
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=dicom_codes.SCT.ImagingProcedure,
+        imaging_measurements=_measurement_groups(groups, algo, refs), title=title)
+    uid = hd.UID()
+    sr = hd.sr.ComprehensiveSR(
+        evidence=evidence, content=report, series_instance_uid=hd.UID(),
+        series_number=series_number, sop_instance_uid=uid, instance_number=1,
+        manufacturer=MANUFACTURER, is_complete=True, series_description=description[:64])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sr.save_as(out)
+    return out, str(uid)
+
+
 def write_sr(sources: Sequence[Dataset], scores: dict[str, float], thresholds: dict[str, float],
              out: Path, algorithm: str, version: str, series_number: int | None = None,
              codes: Mapping[str, Code] | None = None) -> tuple[Path, str]:
@@ -380,42 +593,66 @@ def write_sr(sources: Sequence[Dataset], scores: dict[str, float], thresholds: d
     series number defaults to :func:`derived_series_number`; ``codes`` maps finding
     names to concepts that win over the table.
     """
-    import highdicom as hd
     from pydicom.sr.codedict import codes as dicom_codes
 
-    algo = hd.sr.AlgorithmIdentification(name=algorithm, version=version)
-    device = hd.sr.ObserverContext(
-        observer_type=dicom_codes.DCM.Device,
-        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=hd.UID(), name=algorithm[:64]))
+    unit = Code("{probability}", "UCUM", "probability")
     groups = []
-    evidence = tolerant_copies(sources)
-    if series_number is None:
-        series_number = derived_series_number(sources[0], "sr")
-    refs = [hd.sr.SourceImageForMeasurementGroup.from_source_image(evidence[0])]
-    unit = hd.sr.CodedConcept("{probability}", "UCUM", "probability")
     for finding, p in sorted(scores.items()):
         name = finding_code(finding, codes)
-        t = thresholds.get(finding, 0.5)
-        present = dicom_codes.SCT.Present if p >= t else dicom_codes.SCT.Absent
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=finding),
-            finding_type=name, algorithm_id=algo, source_images=refs,
-            measurements=[hd.sr.Measurement(name=dicom_codes.DCM.Probability, value=float(p),
-                                            unit=unit)],
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=name, value=present)]))
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=device),
-        procedure_reported=dicom_codes.SCT.ImagingProcedure, imaging_measurements=groups)
-    uid = hd.UID()
-    sr = hd.sr.ComprehensiveSR(
-        evidence=evidence, content=report, series_instance_uid=hd.UID(),
-        series_number=series_number, sop_instance_uid=uid, instance_number=1,
-        manufacturer=MANUFACTURER, is_complete=True,
-        series_description=f"medinfer findings {algorithm}"[:64])
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sr.save_as(out)
-    return out, str(uid)
+        present = dicom_codes.SCT.Present if p >= thresholds.get(finding, 0.5) \
+            else dicom_codes.SCT.Absent
+        groups.append(_CodedGroup(finding, name, ((dicom_codes.DCM.Probability, float(p), unit),),
+                                  ((name, present),)))
+    return _write_report(sources, groups, out, algorithm=algorithm, version=version,
+                         series_number=series_number, title=None,
+                         description=f"medinfer findings {algorithm}")
+
+
+def write_measurements_sr(sources: Sequence[Dataset], groups: Sequence[SrGroup], out: Path,
+                          algorithm: str, version: str, series_number: int | None = None,
+                          title: Code | None = None,
+                          codes: Mapping[str, Code] | None = None) -> tuple[Path, str]:
+    """Write a Comprehensive SR (TID 1500 measurement report) of measured findings.
+
+    Example (the volumes of a CT perfusion analysis)::
+
+        write_measurements_sr(image.instances, [
+            SrGroup("ischemic core", (SrMeasurement("volume", 23.4, "ml", "milliliter"),)),
+            SrGroup("mismatch", (SrMeasurement("volume ratio", 3.1, "{ratio}", "ratio"),)),
+            SrGroup("DEFUSE-3 eligibility", evaluations=(("eligible", True),)),
+        ], out / "volumes.dcm", "ctp", "v1")
+
+    Args:
+        sources: the source instances (the evidence; the first is each group's source image).
+        groups: one measurement group per finding, in this order.
+        out: file to write.
+        algorithm: algorithm name (observer device and each group's algorithm).
+        version: algorithm version.
+        series_number: default :func:`derived_series_number` (``sr``).
+        title: document title from CID 7021 (default *Imaging Measurement Report*).
+        codes: name -> concept that wins over the tables, for finding, measurement and
+            evaluation names alike.
+
+    Returns:
+        (path, SOP Instance UID).
+
+    Raises:
+        ValueError: no group (a report needs one).
+    """
+    from pydicom.sr.codedict import codes as dicom_codes
+
+    if not groups:
+        raise ValueError("a measurement report needs at least one group")
+    yes, no = dicom_codes.SCT.Yes, dicom_codes.SCT.No
+    coded = [_CodedGroup(
+        g.finding, finding_code(g.finding, codes),
+        tuple((measurement_code(m.name, codes), float(m.value),
+               Code(m.unit, "UCUM", m.unit_meaning)) for m in g.measurements),
+        tuple((measurement_code(name, codes), yes if flag else no) for name, flag in g.evaluations))
+        for g in groups]
+    return _write_report(sources, coded, out, algorithm=algorithm, version=version,
+                         series_number=series_number, title=title,
+                         description=f"medinfer measurements {algorithm}")
 
 
 def write_png(picture: np.ndarray, out: Path) -> Path:
