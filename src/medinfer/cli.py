@@ -159,6 +159,45 @@ def predict(
 
 
 @app.command()
+def perfusion(
+    inputs: Annotated[list[Path], typer.Argument(help="A CT perfusion series: its folder or files (DICOM, one file per slice and time point, or one enhanced multi-frame file), or a 4D NIfTI.")],
+    out: Annotated[Path, typer.Option(help="Results folder: cbf/cbv/mtt/tmax/ttp/core/penumbra .nii.gz (DICOM input: Parametric Maps, SEG, SR, Secondary Capture), PNGs, report.html, result.json.")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the JSON summary here.")] = None,
+    model: Annotated[Optional[Path], typer.Option(help="A perfusion artifact (its settings); default: the built-in settings.")] = None,
+    aif_mask: Annotated[Optional[Path], typer.Option("--aif-mask", help="Arterial voxels (NIfTI in the series' geometry, or .npy rows x cols x slices) overriding the automatic AIF.")] = None,
+    frame_times: Annotated[Optional[str], typer.Option(help="Seconds of each frame, comma-separated (NIfTI without a JSON sidecar).")] = None,
+    frame_interval: Annotated[Optional[float], typer.Option(help="NIfTI: seconds between frames (instead of --frame-times).")] = None,
+    resample: Annotated[bool, typer.Option(help="Put an unevenly sampled series on an even time grid instead of refusing it.")] = False,
+    method: Annotated[Optional[str], typer.Option(help="osvd (default: per-voxel threshold by oscillation index) | bcsvd (one fixed threshold).")] = None,
+    svd_threshold: Annotated[Optional[float], typer.Option(help="bcsvd: truncation threshold (fraction of the largest singular value).")] = None,
+    core_rcbf: Annotated[Optional[float], typer.Option(help="Core: CBF below this fraction of the normal hemisphere (default 0.30).")] = None,
+    penumbra_tmax: Annotated[Optional[float], typer.Option(help="Hypoperfusion: Tmax above this many seconds (default 6).")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="torch (batched, default) | numpy (reference).")] = None,
+    report: Annotated[bool, typer.Option(help="Write report.html.")] = True,
+) -> None:
+    """CBF, CBV, MTT, Tmax and TTP maps, ischaemic core (rCBF < 30 %), hypoperfusion
+    (Tmax > 6 s), mismatch and DEFUSE-3 criteria of a CT perfusion series; prints the JSON
+    (core_ml, penumbra_ml, mismatch_ml, mismatch_ratio, defuse3_eligible, aif, method, ...)."""
+    from medinfer.apps.perfusion import run_perfusion
+
+    times = None
+    if frame_times:
+        try:
+            times = [float(v) for v in frame_times.split(",")]
+        except ValueError as exc:
+            raise typer.BadParameter(f"--frame-times: {exc}") from exc
+    elif frame_interval:
+        times = None  # run_perfusion counts the NIfTI frames
+    settings = {k: v for k, v in (("method", method), ("svd_threshold", svd_threshold),
+                                   ("core_rcbf", core_rcbf), ("penumbra_tmax", penumbra_tmax)) if v is not None}
+    with console.status("perfusion: reading, maps, lesions, results"):
+        summary = run_perfusion(inputs, out, model=model, settings=settings, aif_mask=aif_mask,
+                                frame_times=times, frame_interval=frame_interval, resample=resample,
+                                backend=backend, report=report)
+    _emit_json(summary, json_out)
+
+
+@app.command()
 def optimize(
     model: Annotated[Path, typer.Option(help="Model artifact folder (variants are written into it).")],
     calib: Annotated[Path, typer.Option(help="Calibration data (training data, never validation).")],

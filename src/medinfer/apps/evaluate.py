@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from medinfer.artifact import ModelArtifact
-from medinfer.runtime import EngineOptions, open_engine, resolve_variant
+from medinfer.runtime import EngineOptions
 from medinfer.tasks import task_for
 
 
@@ -24,13 +24,16 @@ def evaluate_folder(art: ModelArtifact, data_dir: str | Path, backend: str | Non
     task = task_for(art)
     task.check_layout(Path(data_dir))
     data = task.load_eval(Path(data_dir), limit)
-    variant = resolve_variant(art, backend, precision)
-    engine = open_engine(art, variant, options)
+    engine, variant = task.open_engine(backend, precision, options)
     try:
         metrics = task.score(engine, data, n_boot=n_boot)
     finally:
-        engine.close()
+        if engine is not None:
+            engine.close()
     if "n" in metrics:
         metrics["n"] = int(metrics["n"])
-    return {**metrics, "backend": variant.backend, "precision": variant.precision,
-            "variant": variant.name, "task": task.name}
+    kind_backend, _, kind_precision = variant.partition("-")
+    record = next((v for v in art.spec.variants if v.name == variant), None)
+    return {**metrics, "backend": record.backend if record else kind_backend,
+            "precision": record.precision if record else kind_precision,
+            "variant": variant, "task": task.name}

@@ -74,7 +74,7 @@ class PerfusionConfig(BaseModel):
     penumbra_tmax: float = Field(6.0, gt=0)
     core_within_hypoperfusion: bool = True
     core_min_tmax: float = Field(4.0, ge=0)
-    min_component_ml: float = Field(0.05, ge=0)
+    min_component_ml: float = Field(0.3, ge=0)
     defuse3_core_ml: float = 70.0
     defuse3_ratio: float = 1.8
     defuse3_mismatch_ml: float = 15.0

@@ -24,6 +24,7 @@ True Tmax is the delay; true core and penumbra come from the same rules
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -257,3 +258,19 @@ def _assemble(config: PhantomConfig, analysis: PerfusionConfig, hu: np.ndarray, 
     block = np.repeat(lay["block"][:, :, None], s, axis=2) * tissue
     return Phantom(image, PhantomTruth(cbf, cbv, mtt, truth["tmax"], tissue, block, blocks, lesions,
                                        aif_t, vof_t), config)
+
+
+def write_phantom(phantom: Phantom, folder: str | Path, time_attribute: str = "AcquisitionTime") -> Path:
+    """Write ``folder/series/`` (the 4D DICOM series, one file per slice and time point) and
+    ``folder/truth.npz`` (cbf, cbv, mtt, tmax, tissue, block, core, penumbra), the layout
+    ``medinfer evaluate`` reads for a perfusion artifact. Returns ``folder``."""
+    from medinfer.io.perfusion import write_perfusion_series
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    img, t = phantom.image, phantom.truth
+    write_perfusion_series(img.array, img.meta["frame_times"], folder / "series", spacing=img.spacing,
+                           origin=img.origin, time_attribute=time_attribute)
+    np.savez_compressed(folder / "truth.npz", cbf=t.cbf, cbv=t.cbv, mtt=t.mtt, tmax=t.tmax, tissue=t.tissue,
+                        block=t.block, core=t.lesions.core, penumbra=t.lesions.penumbra)
+    return folder

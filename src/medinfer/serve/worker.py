@@ -26,7 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 
 from medinfer.errors import InputError
 from medinfer.serve.config import ServeConfig
@@ -42,6 +41,8 @@ class PredictorLike(Protocol):
     """What a worker needs of a model: :class:`medinfer.tasks.Predictor`'s predict and write."""
 
     def predict(self, image: Any) -> Any: ...
+
+    def read(self, paths: list[Path], limits: Any = None) -> Any: ...
 
     def write(self, pred: Any, image: Any, out_dir: Path, options: Any) -> list[Any]: ...
 
@@ -84,17 +85,12 @@ class Worker:
         """
         import highdicom  # noqa: F401  (first import takes seconds)
 
-        from medinfer.io import Image
-
         for route in self.config.routes:
             try:
                 predictor = self.predictor(str(route.artifact))
-                spec = getattr(predictor, "artifact", None)
-                if spec is not None:
-                    shape = (spec.spec.input.channels, *spec.spec.input.spatial)
-                    n = len(shape) - 1
-                    predictor.predict(Image(np.zeros(shape, np.float32), (1.0,) * n, (0.0,) * n,
-                                            np.eye(n)))
+                warm = getattr(predictor, "warm_up", None)
+                if warm is not None:
+                    warm()
             except Exception as exc:  # a missing model must not stop the other routes
                 log.warning("model not loaded", extra={"route": route.name, "error": str(exc)})
 
@@ -158,10 +154,10 @@ class Worker:
         and the JSON summary)."""
         from medinfer.tasks import WriteOptions
 
-        t0 = time.perf_counter()
-        image = read_job_input(job, self.config.limits.read_limits())
-        t1 = time.perf_counter()
         predictor = self.predictor(job.artifact)
+        t0 = time.perf_counter()
+        image = read_job_input(job, self.config.limits.read_limits(), getattr(predictor, "read", None))
+        t1 = time.perf_counter()
         pred = predictor.predict(image)
         t2 = time.perf_counter()
         out = self.attempt_dir(job)
@@ -194,10 +190,13 @@ def result_file(kind: str, path: Path, media_type: str, sop_uid: str) -> ResultF
                       sop_class_uid=str(ds.get("SOPClassUID", "")))
 
 
-def read_job_input(job: LeasedJob, limits: Any = None) -> Any:
+def read_job_input(job: LeasedJob, limits: Any = None,
+                   reader: Callable[[list[Path], Any], Any] | None = None) -> Any:
     """The job's input as an :class:`~medinfer.io.Image`; a DICOM series carries its source
     instances in array order (:attr:`~medinfer.io.Image.instances`). ``limits``: the
     service's :class:`~medinfer.io.limits.ReadLimits` (checked from the headers first).
+    ``reader``: the routed model's own reading (:meth:`medinfer.tasks.Predictor.read`: a
+    perfusion model reads a 4D series); without it, one file or a 3D series.
 
     Raises:
         InputError: unreadable files or inconsistent geometry (named by the reader).
@@ -208,6 +207,8 @@ def read_job_input(job: LeasedJob, limits: Any = None) -> Any:
     formats = {f for _, f in job.files}
     if not paths:
         raise InputError(Path("."), f"job {job.id} has no input files")
+    if reader is not None and formats == {"dicom"}:
+        return reader(paths, limits)
     if formats != {"dicom"} or len(paths) == 1:
         return read_image(paths[0], limits=limits)
     return read_dicom_series(paths, limits=limits)

@@ -2,7 +2,7 @@
 
 prepare (Image -> network input) -> inference strategy over an Engine -> post-process to a
 :class:`Prediction` -> metrics -> write. 2D segmentation, 3D segmentation and multi-label
-classification are the built-in tasks; a new seed system is one :class:`Task` subclass
+classification and CT perfusion (no network: maps by deconvolution) are the built-in tasks; a new seed system is one :class:`Task` subclass
 passed to :func:`register_task`, and every command (predict, evaluate, optimize, bench,
 report, serve, training validation) then handles it.
 
@@ -21,15 +21,17 @@ from medinfer.tasks.base import (
     WrittenFile,
 )
 from medinfer.tasks.classification import Classification
+from medinfer.tasks.perfusion import Perfusion, PerfusionPrediction
 from medinfer.tasks.predictor import Predictor
 from medinfer.tasks.registry import list_tasks, register_task, task_for, unregister_task
 from medinfer.tasks.segmentation import Segmentation2D, SegmentationTask, labels_from_logits
 from medinfer.tasks.volume import Segmentation3D, VolumeInference, window_logits
 
-for _task in (Segmentation2D, Segmentation3D, Classification):
+for _task in (Segmentation2D, Segmentation3D, Classification, Perfusion):
     register_task(_task)
 
-__all__ = ["Classification", "Example", "GateLimits", "Infer", "PictureTask", "Prediction", "Predictor",
+__all__ = ["Classification", "Example", "GateLimits", "Infer", "Perfusion", "PerfusionPrediction",
+           "PictureTask", "Prediction", "Predictor",
            "Segmentation2D", "Segmentation3D", "SegmentationTask", "Task", "VolumeInference",
            "WriteOptions", "WrittenFile", "labels_from_logits", "list_tasks", "register_task",
            "task_for", "unregister_task", "window_logits"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,8 +23,9 @@ from medinfer.artifact import ModelArtifact
 from medinfer.data.pairs import load_calibration_images
 from medinfer.data.preprocess import prepare_batch
 from medinfer.errors import InputError
-from medinfer.io import Image
-from medinfer.runtime import Engine
+from medinfer.io import Image, read_dicom_series, read_image
+from medinfer.io.limits import ReadLimits
+from medinfer.runtime import Engine, EngineOptions, open_engine, resolve_variant
 
 Infer = Callable[[np.ndarray], np.ndarray]
 """A network call: batch (N, C, *spatial) float32 -> outputs (N, K, ...) float32."""
@@ -157,6 +158,24 @@ class Task(ABC):
     @abstractmethod
     def handles(cls, art: ModelArtifact) -> bool:
         """Whether this task runs ``art`` (by its recorded task and input dimensionality)."""
+
+    # -- engine and input ------------------------------------------------------------
+    def open_engine(self, backend: str | None, precision: str | None,
+                    options: EngineOptions) -> tuple[Engine | None, str]:
+        """(engine, variant name) for ``--backend/--precision``: the artifact's variant
+        (its chosen one by default) loaded in its backend. A task without a network
+        (perfusion) returns no engine and names the computation it runs."""
+        variant = resolve_variant(self.art, backend, precision)
+        return open_engine(self.art, variant, options), variant.name
+
+    def read_input(self, paths: Sequence[Path], limits: ReadLimits | None = None) -> Image:
+        """The input of one request from its files: one file (picture, NIfTI, DICOM) or a
+        DICOM series (the instances in array order, :attr:`Image.instances`)."""
+        if not paths:
+            raise InputError(Path("."), "no input files")
+        if len(paths) == 1:
+            return read_image(paths[0], limits=limits)
+        return read_dicom_series(list(paths), limits=limits)
 
     # -- data folders ----------------------------------------------------------------
     @abstractmethod

@@ -10,9 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medinfer.artifact import ModelArtifact
 from medinfer.io import Image
-from medinfer.runtime import Engine, EngineOptions, open_engine, resolve_variant
+from medinfer.io.limits import ReadLimits
+from medinfer.runtime import Engine, EngineOptions
 from medinfer.tasks.base import Prediction, Task, WriteOptions, WrittenFile
 from medinfer.tasks.registry import task_for
 
@@ -27,7 +30,7 @@ class Predictor:
         pred.mask.shape == image.array.shape[1:]
     """
 
-    def __init__(self, task: Task, engine: Engine, variant: str) -> None:
+    def __init__(self, task: Task, engine: Engine | None, variant: str) -> None:
         self.task, self.engine, self.variant = task, engine, variant
 
     @property
@@ -42,8 +45,23 @@ class Predictor:
         ``task_options`` go to the task (e.g. the 3D task's ``inference``)."""
         art = artifact if isinstance(artifact, ModelArtifact) else ModelArtifact.load(artifact)
         task = task_for(art, **task_options)
-        variant = resolve_variant(art, backend, precision)
-        return cls(task, open_engine(art, variant, options), variant.name)
+        engine, variant = task.open_engine(backend, precision, options)
+        return cls(task, engine, variant)
+
+    def read(self, paths: list[Path], limits: ReadLimits | None = None) -> Image:
+        """The input of one request from its files, read the way the task needs it (a 4D
+        perfusion series, a 3D volume, a picture)."""
+        return self.task.read_input(paths, limits)
+
+    def warm_up(self) -> None:
+        """Run once on a blank input of the network's size (first-call costs paid before
+        the first request); a task without a network does nothing here."""
+        spec = self.artifact.spec.input
+        if self.engine is None or not all(spec.spatial) or spec.channels <= 0:
+            return
+        n = len(spec.spatial)
+        self.predict(Image(np.zeros((spec.channels, *spec.spatial), np.float32), (1.0,) * n, (0.0,) * n,
+                           np.eye(n)))
 
     def predict(self, image: Image) -> Prediction:
         """Run the model on one image (picture or volume, channel-first, any size).
@@ -59,7 +77,8 @@ class Predictor:
         return self.task.write(pred, image, out_dir, options)
 
     def close(self) -> None:
-        self.engine.close()
+        if self.engine is not None:
+            self.engine.close()
 
     def __enter__(self) -> Predictor:
         return self
