@@ -217,35 +217,51 @@ class BiasTable:
     ratio: np.ndarray
     delay: np.ndarray
 
-    def correct(self, cbf: np.ndarray, cbv: np.ndarray, tmax: np.ndarray, threshold: np.ndarray,
-                iterations: int = 4) -> tuple[np.ndarray, np.ndarray]:
-        """(CBF, Tmax) corrected for the truncation bias at each voxel's threshold and
-        transit time (the transit time from CBV over the corrected CBF, iterated)."""
+    def correct(self, cbf: np.ndarray, cbv: np.ndarray, tmax: np.ndarray, threshold: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(CBF, Tmax) corrected for the truncation bias at each voxel's threshold.
+
+        The transit time is solved per voxel: the MTT at which a tissue with this CBV
+        (``CBF = 60 CBV / MTT``) would be estimated at the measured CBF, i.e. where
+        ``60 CBV / MTT * ratio(MTT)`` crosses it (searched on the table's MTT grid, which
+        clips it to 1..40 s); the corrected CBF is ``60 CBV / MTT`` and Tmax loses the
+        delay the truncation adds at that MTT.
+        """
         cbf_c, tmax_c = cbf.astype(np.float64).copy(), tmax.astype(np.float64).copy()
         for i, p in enumerate(self.thresholds):
-            sel = np.isclose(threshold, p) & (cbf > 0)
+            sel = np.isclose(threshold, p) & (cbf > 0) & (cbv > 0)
             if not sel.any():
                 continue
             est, vol = cbf[sel].astype(np.float64), cbv[sel].astype(np.float64)
-            true = est.copy()
-            for _ in range(iterations):
-                mtt = np.clip(60.0 * vol / np.maximum(true, 1e-9), self.mtt[0], self.mtt[-1])
-                true = est / np.interp(mtt, self.mtt, self.ratio[i])
-            cbf_c[sel] = true
+            mtt = self._solve_mtt(est, vol, self.ratio[i])
+            cbf_c[sel] = 60.0 * vol / mtt
             tmax_c[sel] = np.maximum(tmax[sel] - np.interp(mtt, self.mtt, self.delay[i]), 0.0)
         return cbf_c, tmax_c
 
+    def _solve_mtt(self, est: np.ndarray, vol: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+        """Per voxel, the MTT on the grid where the expected estimate crosses ``est``
+        (linear between grid points; the expected estimate falls as MTT grows)."""
+        expected = 60.0 * vol[:, None] / self.mtt[None, :] * ratio[None, :]  # (n, M), falling
+        above = (expected > est[:, None]).sum(axis=1)  # grid points still above the estimate
+        j = np.clip(above, 1, len(self.mtt) - 1)
+        rows = np.arange(len(est))
+        hi, lo = expected[rows, j - 1], expected[rows, j]
+        w = np.clip((hi - est) / np.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)
+        return self.mtt[j - 1] + w * (self.mtt[j] - self.mtt[j - 1])
 
-def bias_table(basis: AifBasis, thresholds: Sequence[float],
-               mtt: np.ndarray = np.geomspace(1.0, 40.0, 48)) -> BiasTable:
-    """:class:`BiasTable` of ``basis`` at ``thresholds`` (noise-free simulation through the
-    same SVD: exponential residues sampled on the frames, convolved with the arterial
-    curve the way :func:`aif_basis` models it, truncated to the acquired frames)."""
-    t = np.arange(2 * basis.frames) * basis.dt
-    residues = np.exp(-t[None, :] / mtt[:, None])
-    residues[:, basis.frames:] = 0.0
-    d = basis.u @ np.diag(basis.s) @ basis.vt
-    curves = (residues @ d.T)[:, :basis.frames]
+
+def bias_table(basis: AifBasis, aif: np.ndarray, thresholds: Sequence[float],
+               mtt: np.ndarray = np.geomspace(1.0, 40.0, 48), fine: int = 10) -> BiasTable:
+    """:class:`BiasTable` of ``basis`` at ``thresholds``: noise-free tissue curves with
+    exponential residues, made by convolving ``aif`` (the sampled arterial curve, ``(T,)``,
+    linear between samples) with the continuous residue on a ``fine`` x finer grid and
+    sampling at the frames, then deconvolved through the same SVD."""
+    t_fine = np.arange(basis.frames * fine) * (basis.dt / fine)
+    a_fine = np.interp(t_fine, np.arange(basis.frames) * basis.dt, aif)
+    curves = np.empty((len(mtt), basis.frames))
+    for m, tau in enumerate(mtt):
+        conv = np.convolve(a_fine, np.exp(-t_fine / tau))[:len(t_fine)] * (basis.dt / fine)
+        curves[m] = conv[::fine]
     coef = (_padded(curves, 2 * basis.frames) @ basis.u) / basis.s
     ratio = np.empty((len(thresholds), len(mtt)))
     delay = np.empty_like(ratio)

@@ -14,7 +14,8 @@ hypoperfusion is the normal reference (the eStroke / RAPID approach):
 - mismatch volume = penumbra - core volumes, mismatch ratio = penumbra / core volumes;
 - DEFUSE-3: core < 70 ml, mismatch ratio >= 1.8 and mismatch volume >= 15 ml.
 
-Islands smaller than ``min_component_ml`` are dropped from both masks.
+Holes in both masks are filled slice by slice (within the brain) and islands smaller than
+``min_component_ml`` dropped.
 """
 
 from __future__ import annotations
@@ -80,8 +81,14 @@ def left_right(brain: np.ndarray, affine: np.ndarray, frame: str = "LPS") -> np.
     return x - mid[None, None, :]
 
 
-def _clean(mask: np.ndarray, min_voxels: int) -> np.ndarray:
-    if min_voxels <= 1 or not mask.any():
+def _clean(mask: np.ndarray, min_voxels: int, brain: np.ndarray) -> np.ndarray:
+    """Holes filled slice by slice (inside the brain: noise lifts single voxels of a low-flow
+    region over the threshold) and islands under ``min_voxels`` dropped."""
+    if not mask.any():
+        return mask
+    filled = np.stack([ndimage.binary_fill_holes(mask[..., k]) for k in range(mask.shape[2])], axis=2)
+    mask = filled & brain
+    if min_voxels <= 1:
         return mask
     labels, n = ndimage.label(mask)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
@@ -102,7 +109,7 @@ def find_lesions(cbf: np.ndarray, tmax: np.ndarray, brain: np.ndarray, side: np.
         config: thresholds and DEFUSE-3 criteria.
     """
     min_voxels = int(np.ceil(config.min_component_ml / voxel_ml)) if voxel_ml > 0 else 0
-    penumbra = _clean(brain & (tmax > config.penumbra_tmax), min_voxels)
+    penumbra = _clean(brain & (tmax > config.penumbra_tmax), min_voxels, brain)
     left, right = brain & (side > 0), brain & (side < 0)
     n_left, n_right = int((penumbra & left).sum()), int((penumbra & right).sum())
     affected = "none" if n_left == n_right == 0 else ("left" if n_left > n_right else "right")
@@ -114,7 +121,7 @@ def find_lesions(cbf: np.ndarray, tmax: np.ndarray, brain: np.ndarray, side: np.
     low = brain & (cbf < config.core_rcbf * ref_cbf)
     if config.core_within_hypoperfusion:
         low &= tmax > config.core_min_tmax
-    core = _clean(low, min_voxels)
+    core = _clean(low, min_voxels, brain)
     core_ml, pen_ml = float(core.sum() * voxel_ml), float(penumbra.sum() * voxel_ml)
     mismatch = max(pen_ml - core_ml, 0.0)
     ratio = pen_ml / core_ml if core_ml > 0 else None

@@ -182,7 +182,7 @@ def compute_maps(image: Image, config: PerfusionConfig = PerfusionConfig(),
     cbv = factor * area_with_tail(curves, dt, config.tail_extrapolation) / max(arterial.sum() * dt, 1e-9) * 100.0
     tmax = d.tmax
     if config.bias_correction:
-        table = bias_table(basis, thresholds_tried(config.method, config.svd_threshold, config.osvd_thresholds))
+        table = bias_table(basis, _upsample(arterial[None], config.upsample)[0], thresholds_tried(config.method, config.svd_threshold, config.osvd_thresholds))
         cbf, tmax = table.correct(cbf, cbv, tmax, d.threshold)
     keep = cbv <= config.vessel_cbv
     brain[brain] = keep

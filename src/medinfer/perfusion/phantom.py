@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+from scipy import ndimage
 
 from medinfer.io import Image
+from medinfer.io.perfusion import write_perfusion_series
 from medinfer.perfusion.config import PerfusionConfig
 from medinfer.perfusion.lesions import Lesions, find_lesions, left_right
 
@@ -63,7 +65,7 @@ class PhantomConfig(BaseModel):
     frames: int = 40
     dt: float = 1.5
     max_delay: float = 3.0
-    noise_hu: float = 2.0
+    noise_hu: float = 1.5
     aif_peak_hu: float = 350.0
     seed: int = 0
 
@@ -243,8 +245,6 @@ def _assemble(config: PhantomConfig, analysis: PerfusionConfig, hu: np.ndarray, 
                   {"format": "phantom", "frame": "LPS", "modality": "CT",
                    "frame_times": [float(t) for t in times], "time_source": "phantom"})
     vessel = np.repeat(((art > 0) | (vein > 0))[:, :, None], s, axis=2)
-    from scipy import ndimage
-
     vessel = ndimage.binary_dilation(vessel, structure=np.ones((3, 3, 1), bool))
     tissue = np.repeat(lay["brain"][:, :, None], s, axis=2) & ~vessel
     for key in truth:
@@ -264,8 +264,6 @@ def write_phantom(phantom: Phantom, folder: str | Path, time_attribute: str = "A
     """Write ``folder/series/`` (the 4D DICOM series, one file per slice and time point) and
     ``folder/truth.npz`` (cbf, cbv, mtt, tmax, tissue, block, core, penumbra), the layout
     ``medinfer evaluate`` reads for a perfusion artifact. Returns ``folder``."""
-    from medinfer.io.perfusion import write_perfusion_series
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     img, t = phantom.image, phantom.truth

@@ -35,6 +35,7 @@ from medinfer.io.limits import ReadLimits
 from medinfer.serve.tls import ClientTls, DicomTls, HttpTls, check_tls_files, resolve_paths
 
 __all__ = [
+    "RESULT_KINDS",
     "DestinationConfig",
     "DicomConfig",
     "HttpConfig",
@@ -44,6 +45,11 @@ __all__ = [
     "ServeConfig",
     "load_config",
 ]
+
+
+ResultKind = Literal["seg", "sr", "sc", "pm"]
+RESULT_KINDS: tuple[ResultKind, ...] = ("seg", "sr", "sc", "pm")
+"""DICOM result kinds a job writes: SEG, SR, Secondary Capture, Parametric Map."""
 
 
 class _Strict(BaseModel):
@@ -61,6 +67,10 @@ class MatchRule(_Strict):
             (case-insensitive).
         sop_class_uid: accepted SOP Class UIDs.
         formats: accepted source formats: ``dicom``, ``png``, ``jpeg``, ``nifti``.
+        temporal: ``true``: only series holding several time points of one slice position
+            (CT perfusion: two or more DICOM instances at the same ImagePositionPatient, or a
+            multi-frame instance with NumberOfTemporalPositions > 1); ``false``: only series
+            without; unset: either. Read from the stored files' headers when the study closes.
     """
 
     modality: list[str] = Field(default_factory=list)
@@ -68,6 +78,7 @@ class MatchRule(_Strict):
     series_description: str | None = None
     sop_class_uid: list[str] = Field(default_factory=list)
     formats: list[Literal["dicom", "png", "jpeg", "nifti"]] = Field(default_factory=list)
+    temporal: bool | None = None
 
     @field_validator("series_description")
     @classmethod
@@ -101,7 +112,8 @@ class DestinationConfig(_Strict):
         name: label used in the job store and logs.
         kind: ``dimse`` (C-STORE SCU to ``host:port``/``ae_title``) or ``stow``
             (DICOMweb STOW-RS POST to ``url``).
-        results: result kinds sent there (``seg``, ``sr``, ``sc``).
+        results: result kinds sent there (``seg``, ``sr``, ``sc``, ``pm``: the Parametric
+            Maps of a perfusion analysis); default all.
         deidentify: an outside service: send it a de-identified copy of each result
             (pseudonymous patient, IDs, dates and UIDs, the same for every object of a
             study; see ``serve/deid.py``), never the stored file. False (a clinical
@@ -115,7 +127,7 @@ class DestinationConfig(_Strict):
     port: int | None = None
     ae_title: str | None = None
     url: str | None = None
-    results: list[Literal["seg", "sr", "sc"]] = Field(default_factory=lambda: ["seg", "sr", "sc"])
+    results: list[ResultKind] = Field(default_factory=lambda: list(RESULT_KINDS))
     deidentify: bool = False
     tls: ClientTls | None = None
 

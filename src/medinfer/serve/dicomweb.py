@@ -34,6 +34,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
+from medinfer.serve.config import RESULT_KINDS
 from medinfer.serve.auth import Principal, require
 from medinfer.serve.logs import hash_uid
 from medinfer.serve.models import Job, Result
@@ -48,7 +49,7 @@ Reader = Annotated[Principal, Depends(require("read"))]
 Limit = Annotated[int | None, Query(ge=1, le=1000, description="at most this many results")]
 Offset = Annotated[int, Query(ge=0, description="skip this many results")]
 
-SERVED_KINDS = ("seg", "sr", "sc")
+SERVED_KINDS = RESULT_KINDS
 MAX_RESULTS = 1000  # a search without ``limit`` answers at most this many (and says so)
 DICOM_JSON = "application/dicom+json"
 _UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")

@@ -4,10 +4,40 @@ from __future__ import annotations
 
 import re
 
+from functools import lru_cache
+
 from medinfer.serve.config import MatchRule, RouteConfig
 from medinfer.serve.store import SeriesInfo
 
-__all__ = ["matches", "route_series"]
+__all__ = ["is_temporal", "matches", "route_series"]
+
+_POSITION_MM = 0.01
+
+
+@lru_cache(maxsize=64)
+def is_temporal(paths: tuple[str, ...]) -> bool:
+    """Whether stored DICOM files hold several time points of one slice position: two
+    files at the same ImagePositionPatient, or a multi-frame file with several temporal
+    positions (headers only; unreadable files count as not temporal)."""
+    import pydicom
+
+    seen: set[tuple[int, ...]] = set()
+    for path in paths:
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[
+                "ImagePositionPatient", "NumberOfTemporalPositions", "NumberOfFrames"])
+        except Exception:  # noqa: BLE001 - a damaged file is the reader's to report
+            continue
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1 and int(ds.get("NumberOfTemporalPositions", 1) or 1) > 1:
+            return True
+        ipp = ds.get("ImagePositionPatient")
+        if ipp is None or len(ipp) != 3:
+            continue
+        key = tuple(int(round(float(v) / _POSITION_MM)) for v in ipp)
+        if key in seen:
+            return True
+        seen.add(key)
+    return False
 
 
 def matches(rule: MatchRule, series: SeriesInfo) -> bool:
@@ -22,6 +52,8 @@ def matches(rule: MatchRule, series: SeriesInfo) -> bool:
     if rule.sop_class_uid and series.sop_class_uid not in rule.sop_class_uid:
         return False
     if rule.formats and series.format not in rule.formats:
+        return False
+    if rule.temporal is not None and (series.format == "dicom" and is_temporal(series.paths)) != rule.temporal:
         return False
     return True
 

@@ -105,6 +105,7 @@ class SeriesInfo:
     sop_class_uid: str
     format: str
     num_instances: int
+    paths: tuple[str, ...] = ()  # the stored files (a rule on the series' structure reads their headers)
 
 
 @dataclass(frozen=True)
@@ -291,7 +292,8 @@ class Store:
                 self._supersede(s, prior, now)
                 first = members[0]
                 info = SeriesInfo(uid, first.modality, first.body_part, first.series_description,
-                                  first.sop_class_uid, first.format, len(members))
+                                  first.sop_class_uid, first.format, len(members),
+                                  tuple(i.path for i in members))
                 target = route(info)
                 if target is None:
                     unrouted.append(f"{first.modality or '?'} series ({len(members)} instances)")

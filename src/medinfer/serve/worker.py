@@ -28,7 +28,7 @@ from typing import Any, Protocol
 
 
 from medinfer.errors import InputError
-from medinfer.serve.config import ServeConfig
+from medinfer.serve.config import RESULT_KINDS, ServeConfig
 from medinfer.serve.logs import describe_failure, hash_uid
 from medinfer.serve.store import LeasedJob, ResultFile, Store
 
@@ -135,7 +135,7 @@ class Worker:
             stop.set()
             beat.join()
         dests = {k: [d.name for d in cfg.destinations if k in d.results]
-                 for k in ("seg", "sr", "sc")}
+                 for k in DICOM_KINDS}
         if self.store.complete_job(job.id, job.token, results, dests, seconds, summary):
             log.info("job done", extra={"job": job.id, "seconds": seconds})
         else:
@@ -171,7 +171,7 @@ class Worker:
         return results, {k: round(v, 4) for k, v in seconds.items()}, summarize(pred)
 
 
-DICOM_KINDS = ("seg", "sr", "sc")
+DICOM_KINDS = RESULT_KINDS
 
 
 def result_file(kind: str, path: Path, media_type: str, sop_uid: str) -> ResultFile:
