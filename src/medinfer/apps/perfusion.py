@@ -87,12 +87,13 @@ def run_perfusion(inputs: list[Path], out_dir: Path, *, model: Path | None = Non
     art = ModelArtifact.load(model) if model is not None else perfusion_artifact()
     config = PerfusionConfig.model_validate({**art.spec.arch_kwargs, **(settings or {})})
     source: Path | list[Path] = inputs[0] if len(inputs) == 1 else list(inputs)
+    task = Perfusion(art, config)
+    _, variant = task.open_engine(backend, None, EngineOptions())  # a bad backend fails before reading
     if frame_interval is not None and not frame_times:
         frame_times = _even_times(source, frame_interval)
     image = read_perfusion(source, frame_times=frame_times, resample=resample)
     mask = read_aif_mask(aif_mask, image) if aif_mask is not None else None
-    task = Perfusion(art, config, mask, str(aif_mask or ""))
-    _, variant = task.open_engine(backend, None, EngineOptions())
+    task.aif_mask, task.aif_mask_path = mask, str(aif_mask or "")
     pred = task.predict(None, image, variant)
     assert isinstance(pred, PerfusionPrediction)
     out_dir = Path(out_dir)

@@ -99,12 +99,16 @@ def _smooth(conc: np.ndarray, weight: np.ndarray, sigma_px: tuple[float, float])
     return np.where(norm > 1e-3, out / np.maximum(norm, 1e-3), 0.0).astype(np.float32)
 
 
-def _brain(baseline: np.ndarray, peak: np.ndarray, config: PerfusionConfig) -> np.ndarray:
-    """Parenchyma: baseline HU in the brain range, no vessel (dilated by one voxel in-plane),
-    small islands opened away."""
+def _vessel_mask(peak: np.ndarray, config: PerfusionConfig) -> np.ndarray:
+    """Voxels whose unsmoothed enhancement peak is a vessel's, dilated by one voxel in-plane
+    (smoothing would dilute a small artery below the threshold and spread it into tissue)."""
+    return ndimage.binary_dilation(peak > config.vessel_peak_hu, structure=np.ones((3, 3, 1), bool))
+
+
+def _brain(baseline: np.ndarray, vessel: np.ndarray, config: PerfusionConfig) -> np.ndarray:
+    """Parenchyma: baseline HU in the brain range, no vessel, small islands opened away."""
     lo, hi = config.brain_hu
     tissue = (baseline > lo) & (baseline < hi)
-    vessel = ndimage.binary_dilation(peak > config.vessel_peak_hu, structure=np.ones((3, 3, 1), bool))
     return ndimage.binary_opening(tissue & ~vessel, structure=np.ones((3, 3, 1), bool))
 
 
@@ -163,8 +167,9 @@ def compute_maps(image: Image, config: PerfusionConfig = PerfusionConfig(),
     lap("vessels")
     lo, hi = config.brain_hu
     sigma = tuple(config.smoothing_mm / float(s) for s in image.spacing[:2])
-    tissue = _smooth(conc, (baseline > lo) & (baseline < hi), sigma)
-    brain = _brain(baseline, tissue.max(axis=0), config)
+    vessel = _vessel_mask(conc.max(axis=0), config)
+    tissue = _smooth(conc, (baseline > lo) & (baseline < hi) & ~vessel, sigma)
+    brain = _brain(baseline, vessel, config)
     if not brain.any():
         raise InputError(image.source or "<series>", f"no brain voxel (baseline {lo:.0f}..{hi:.0f} HU "
                                                      "without vessels) found")

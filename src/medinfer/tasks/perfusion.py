@@ -178,9 +178,8 @@ class Perfusion(Task):
                 else "bcSVD (block-circulant, fixed threshold)", "name": c.method,
                 "svd_threshold": {"fixed": c.svd_threshold} if c.method == "bcsvd" else
                 {"tried": list(c.osvd_thresholds), "max_oscillation_index": c.oscillation_index},
-                "svd_threshold_used": {"median": float(np.median(used)) if used.size else None,
-                                       "min": float(used.min()) if used.size else None,
-                                       "max": float(used.max()) if used.size else None},
+                "svd_threshold_used": {k: round(float(f(used)), 4) if used.size else None
+                                       for k, f in (("median", np.median), ("min", np.min), ("max", np.max))},
                 "bias_correction": c.bias_correction, "venous_correction": c.venous_correction,
                 "tail_extrapolation": c.tail_extrapolation, "kh": c.kh, "rho": c.rho,
                 "smoothing_mm": c.smoothing_mm, "core": f"rCBF < {c.core_rcbf:g}" +
