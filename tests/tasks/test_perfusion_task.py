@@ -58,7 +58,7 @@ def test_the_shipped_artifact_is_a_perfusion_task() -> None:
 def test_predictor_opens_without_an_engine() -> None:
     with Predictor.open(MODEL) as predictor:
         assert predictor.engine is None and predictor.variant == "torch-fp64"
-        predictor.warm_up()  # no network: nothing to warm, nothing raised
+        predictor.warm_up()  # analyses a tiny phantom: imports and first SVD paid, nothing raised
     with Predictor.open(MODEL, backend="numpy") as predictor:
         assert predictor.variant == "numpy-fp64" and predictor.task.config.backend == "numpy"
 

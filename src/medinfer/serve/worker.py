@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 
+import numpy as np
+
 from medinfer.errors import InputError
 from medinfer.serve.config import RESULT_KINDS, ServeConfig
 from medinfer.serve.logs import describe_failure, hash_uid
@@ -85,12 +87,21 @@ class Worker:
         """
         import highdicom  # noqa: F401  (first import takes seconds)
 
+        from medinfer.io import Image
+
         for route in self.config.routes:
             try:
                 predictor = self.predictor(str(route.artifact))
                 warm = getattr(predictor, "warm_up", None)
                 if warm is not None:
                     warm()
+                else:  # a stand-in without warm_up: one blank input of the model's size
+                    spec = getattr(predictor, "artifact", None)
+                    if spec is not None:
+                        shape = (spec.spec.input.channels, *spec.spec.input.spatial)
+                        n = len(shape) - 1
+                        predictor.predict(Image(np.zeros(shape, np.float32), (1.0,) * n, (0.0,) * n,
+                                                np.eye(n)))
             except Exception as exc:  # a missing model must not stop the other routes
                 log.warning("model not loaded", extra={"route": route.name, "error": str(exc)})
 

@@ -177,6 +177,16 @@ class Task(ABC):
             return read_image(paths[0], limits=limits)
         return read_dicom_series(list(paths), limits=limits)
 
+    def warm_up(self, engine: Engine | None) -> None:
+        """Run once on a blank input of the network's size (the service's workers call it
+        before their first job)."""
+        spec = self.art.spec.input
+        if engine is None or not all(spec.spatial) or spec.channels <= 0:
+            return
+        n = len(spec.spatial)
+        self.predict(engine, Image(np.zeros((spec.channels, *spec.spatial), np.float32), (1.0,) * n,
+                                   (0.0,) * n, np.eye(n)))
+
     # -- data folders ----------------------------------------------------------------
     @abstractmethod
     def is_layout(self, folder: Path) -> bool:

@@ -40,10 +40,12 @@ from medinfer.perfusion import (
     Lesions,
     PerfusionConfig,
     PerfusionMaps,
+    PhantomConfig,
     compute_maps,
     curves_figure,
     find_lesions,
     left_right,
+    make_phantom,
     maps_figure,
     summary_page,
 )
@@ -132,6 +134,13 @@ class Perfusion(Task):
         if not image.meta.get("frame_times"):
             raise InputError(src, "no frame times: read the series with medinfer.io.perfusion."
                                   "read_perfusion, or give --frame-times for NIfTI")
+
+    def warm_up(self, engine: Engine | None) -> None:
+        """Analyse a tiny phantom once (imports of torch and SciPy, the first SVD, the
+        figures), so the first stroke study does not pay for them."""
+        phantom = make_phantom(PhantomConfig(size=48, slices=2, frames=16, dt=2.0), self.config)
+        maps, lesions = self.analyse(phantom.image)
+        summary_page(maps, lesions)
 
     # -- one series ------------------------------------------------------------------
     def prepare(self, image: Image) -> np.ndarray:

@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medinfer.artifact import ModelArtifact
 from medinfer.io import Image
 from medinfer.io.limits import ReadLimits
@@ -54,14 +52,9 @@ class Predictor:
         return self.task.read_input(paths, limits)
 
     def warm_up(self) -> None:
-        """Run once on a blank input of the network's size (first-call costs paid before
-        the first request); a task without a network does nothing here."""
-        spec = self.artifact.spec.input
-        if self.engine is None or not all(spec.spatial) or spec.channels <= 0:
-            return
-        n = len(spec.spatial)
-        self.predict(Image(np.zeros((spec.channels, *spec.spatial), np.float32), (1.0,) * n, (0.0,) * n,
-                           np.eye(n)))
+        """Pay first-call costs (imports, compilation, allocations) before the first request
+        (:meth:`Task.warm_up`)."""
+        self.task.warm_up(self.engine)
 
     def predict(self, image: Image) -> Prediction:
         """Run the model on one image (picture or volume, channel-first, any size).
