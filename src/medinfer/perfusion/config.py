@@ -79,4 +79,4 @@ class PerfusionConfig(BaseModel):
     defuse3_ratio: float = 1.8
     defuse3_mismatch_ml: float = 15.0
     backend: Literal["torch", "numpy"] = "torch"
-    chunk_voxels: int = Field(1 << 17, ge=1024)
+    chunk_voxels: int = Field(1 << 14, ge=1024)

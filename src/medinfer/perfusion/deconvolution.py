@@ -115,7 +115,7 @@ def _peak_time(k: np.ndarray, dt: float) -> tuple[np.ndarray, np.ndarray]:
 
 def deconvolve(conc: np.ndarray, basis: AifBasis, method: str = "osvd", threshold: float = 0.2,
                osvd_thresholds: Sequence[float] = (), max_oscillation: float = 0.095,
-               backend: str = "numpy", chunk: int = 1 << 17) -> Deconvolution:
+               backend: str = "numpy", chunk: int = 1 << 14) -> Deconvolution:
     """Deconvolve tissue curves by the arterial basis.
 
     Args:
@@ -170,36 +170,45 @@ def _chunk_numpy(conc: np.ndarray, basis: AifBasis, thresholds: list[float], ran
 
 def _chunk_torch(conc: np.ndarray, basis: AifBasis, thresholds: list[float], ranks: list[int],
                  max_oscillation: float) -> tuple[np.ndarray, ...]:
-    """Batched: one projection, then each smaller threshold adds its singular components."""
+    """Batched: one projection; each smaller threshold adds its singular components to the
+    running residue and only the oscillation index is kept; the chosen residue of every
+    voxel is then built once, from its own number of components."""
     import torch
 
     u, s, vt = (torch.from_numpy(a) for a in (basis.u, basis.s, basis.vt))
-    c = torch.zeros(len(conc), 2 * basis.frames, dtype=torch.float64)
-    c[:, :basis.frames] = torch.from_numpy(np.ascontiguousarray(conc, dtype=np.float64))
+    n, t = conc.shape
+    c = torch.zeros(n, 2 * t, dtype=torch.float64)
+    c[:, :t] = torch.from_numpy(np.ascontiguousarray(conc, dtype=np.float64))
     coef = (c @ u) / s
+    # the second difference is linear in k: carried along by the same components
+    w = vt[:, 2:] - 2 * vt[:, 1:-1] + vt[:, :-2]
     k = coef[:, :ranks[0]] @ vt[:ranks[0]]
-    best, osc = k.clone(), _oi_torch(k)
-    kept = torch.full((len(k),), thresholds[0], dtype=torch.float64)
+    d2 = coef[:, :ranks[0]] @ w[:ranks[0]]
+    osc = _oi_torch(k, d2)
+    chosen = torch.zeros(n, dtype=torch.long)  # index into thresholds
     prev = ranks[0]
-    for p, r in zip(thresholds[1:], ranks[1:]):
+    for i, r in enumerate(ranks[1:], start=1):
         if r > prev:
-            k = k + coef[:, prev:r] @ vt[prev:r]
+            k += coef[:, prev:r] @ vt[prev:r]
+            d2 += coef[:, prev:r] @ w[prev:r]
             prev = r
-        oi = _oi_torch(k)
+        oi = _oi_torch(k, d2)
         ok = oi <= max_oscillation
-        best = torch.where(ok[:, None], k, best)
-        kept = torch.where(ok, torch.tensor(p, dtype=torch.float64), kept)
+        chosen[ok] = i
         osc = torch.where(ok, oi, osc)
+    rank = torch.tensor(ranks)[chosen]
+    keep = torch.arange(coef.shape[1])[None, :] < rank[:, None]
+    best = (coef * keep) @ vt
     peak, tmax = _peak_time(best.numpy(), basis.dt)
-    return peak, tmax, kept.numpy(), osc.numpy()
+    return peak, tmax, np.asarray(thresholds)[chosen.numpy()], osc.numpy()
 
 
-def _oi_torch(k):  # noqa: ANN001, ANN202 - torch stays a lazy import
+def _oi_torch(k, d2):  # noqa: ANN001, ANN202 - torch stays a lazy import
+    """:func:`oscillation_index` from the residues ``k`` and their second differences ``d2``."""
     import torch
 
-    second = (k[:, 2:] - 2 * k[:, 1:-1] + k[:, :-2]).abs().sum(dim=1)
-    peak = k.max(dim=1).values
-    return torch.where(peak > 0, second / (k.shape[1] * peak.clamp_min(1e-30)),
+    peak = k.amax(dim=1)
+    return torch.where(peak > 0, d2.abs().sum(dim=1) / (k.shape[1] * peak.clamp_min(1e-30)),
                        torch.full_like(peak, float("inf")))
 
 
