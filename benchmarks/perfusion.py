@@ -53,12 +53,11 @@ def speed(rounds: int, size: int, slices: int, frames: int) -> dict[str, object]
     masks: dict[str, np.ndarray] = {}
     with tempfile.TemporaryDirectory() as tmp:
         series = write_phantom(phantom, Path(tmp) / "case") / "series"
-        with progress_bar() as bar:
-            job = bar.add_task("perfusion speed", total=rounds * 2)
+        with progress_bar("perfusion speed", rounds * 2, True) as advance:
             for r in range(rounds):
                 for backend in ("numpy", "torch"):
                     times[backend].append(_one(series, backend, Path(tmp) / f"out-{backend}-{r}", masks))
-                    bar.advance(job)
+                    advance()
     same = bool(np.array_equal(masks["numpy"], masks["torch"]))
     summary = {b: {k: statistics.median(t[k] for t in rows) for k in rows[0]} for b, rows in times.items()}
     return {"series": {"rows": size, "cols": size, "slices": slices, "frames": frames,
@@ -93,8 +92,7 @@ def accuracy(noises: list[float], seeds: list[int]) -> dict[str, object]:
     """Phantom validation per noise level (means and ranges over seeds)."""
     task = Perfusion(perfusion_artifact())
     rows = []
-    with progress_bar() as bar:
-        job = bar.add_task("phantom accuracy", total=len(noises) * len(seeds))
+    with progress_bar("phantom accuracy", len(noises) * len(seeds), True) as advance:
         for noise in noises:
             for seed in seeds:
                 ph = make_phantom(PhantomConfig(noise_hu=noise, seed=seed))
@@ -107,7 +105,7 @@ def accuracy(noises: list[float], seeds: list[int]) -> dict[str, object]:
                              **case_scores(out, truth), **_blocks(ph, maps),
                              "core_ml": les.core_ml, "true_core_ml": t.lesions.core_ml,
                              "penumbra_ml": les.penumbra_ml, "true_penumbra_ml": t.lesions.penumbra_ml})
-                bar.advance(job)
+                advance()
     return {"phantom": PhantomConfig().model_dump(), "cases": rows}
 
 

@@ -92,3 +92,31 @@ class Orthanc:
         """All tags of one stored instance, simplified (name -> value; sequences as lists
         of dicts), e.g. ``ReferencedSeriesSequence`` of a SEG."""
         return self.get(f"/instances/{orthanc_id}/tags?simplify")  # type: ignore[return-value]
+
+
+def wait_for(check, timeout: float, what: str, poll: float = 0.1):
+    """``check()``'s first truthy value within ``timeout`` seconds, else AssertionError."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def worker_thread(worker, stop):
+    """Start a daemon thread running ``worker.run_once()`` until ``stop`` is set."""
+    import threading
+    import time
+
+    def work() -> None:
+        while not stop.is_set():
+            if not worker.run_once():
+                time.sleep(0.1)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    return thread

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from orthanc_pacs import Orthanc, orthanc_binary
+from orthanc_pacs import Orthanc, orthanc_binary, wait_for, worker_thread
 from serve_helpers import MR_SERIES, free_port, make_artifact
 from shared_data import require
 
@@ -35,14 +35,6 @@ def orthanc(tmp_path: Path):
     pacs.stop()
 
 
-def wait_for(check, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_storescu_to_medinfer_to_orthanc_seg(tmp_path: Path, orthanc: Orthanc) -> None:
@@ -64,14 +56,7 @@ def test_storescu_to_medinfer_to_orthanc_seg(tmp_path: Path, orthanc: Orthanc) -
     service.start_background()
     stop = threading.Event()
     worker = Worker(cfg, service.store, "in-test")
-
-    def work() -> None:
-        while not stop.is_set():
-            if not worker.run_once():
-                time.sleep(0.1)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
+    thread = worker_thread(worker, stop)
     try:
         echo = subprocess.run(["echoscu", "-aet", "ECHOSCU", "-aec", "MEDINFER", "127.0.0.1",
                                str(dicom_port)], capture_output=True, text=True, timeout=30)

@@ -7,11 +7,10 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
-from orthanc_pacs import Orthanc, orthanc_binary
+from orthanc_pacs import Orthanc, orthanc_binary, wait_for, worker_thread
 from serve_helpers import free_port
 
 from medinfer.perfusion import PhantomConfig, make_phantom, write_phantom
@@ -60,14 +59,6 @@ def test_temporal_rule_tells_a_perfusion_series_from_a_3d_one(series: Path) -> N
 
 
 
-def wait_for(check, timeout: float, what: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow
@@ -93,14 +84,7 @@ def test_perfusion_study_by_c_store_comes_back_to_orthanc(tmp_path: Path, series
     service.start_background()
     stop = threading.Event()
     worker = Worker(cfg, service.store, "in-test")
-
-    def work() -> None:
-        while not stop.is_set():
-            if not worker.run_once():
-                time.sleep(0.1)
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
+    thread = worker_thread(worker, stop)
     try:
         files = sorted(str(p) for p in series.iterdir())
         sent = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", "MEDINFER", "127.0.0.1",
