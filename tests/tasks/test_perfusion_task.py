@@ -114,3 +114,11 @@ def test_predict_refuses_what_is_not_a_timed_series(shape: tuple[int, ...], need
     with pytest.raises(InputError, match=needle) as info:
         task.predict(None, image)
     assert "x.dcm" in str(info.value)
+
+
+def test_shipped_artifact_holds_the_default_settings() -> None:
+    """models/ct-perfusion is regenerated when a default changes (perfusion_artifact().save())."""
+    from medinfer.perfusion import PerfusionConfig
+
+    shipped = PerfusionConfig.model_validate(ModelArtifact.load(MODEL).spec.arch_kwargs)
+    assert shipped == PerfusionConfig()
