@@ -164,6 +164,11 @@ _SEGMENTS: dict[str, SegmentCodes] = {
     "enhancing tumor": _private_lesion("enhancing tumour"),
     "tumour core": _private_lesion("tumour core"),
     "tumor core": _private_lesion("tumour core"),
+    # CT perfusion (SNOMED CT concepts pydicom's dictionary lacks: Infarct 55641003 and
+    # Ischemia 52674009, both morphologic abnormalities)
+    "ischemic core": _lesion(Code("55641003", "SCT", "Infarct"), codes.SCT.Brain),
+    "ischaemic core": _lesion(Code("55641003", "SCT", "Infarct"), codes.SCT.Brain),
+    "hypoperfused tissue outside the core": _lesion(Code("52674009", "SCT", "Ischemia"), codes.SCT.Brain),
     "liver tumour": _lesion(codes.SCT.Neoplasm, codes.SCT.Liver),
     "liver tumor": _lesion(codes.SCT.Neoplasm, codes.SCT.Liver),
     "nodule": _lesion(codes.SCT.Nodule),
