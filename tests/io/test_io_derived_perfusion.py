@@ -220,8 +220,10 @@ def test_measurements_sr_round_trips_volumes_ratio_and_eligibility(
     (evaluation,) = groups["DEFUSE-3 eligibility"].get_qualitative_evaluations()
     assert evaluation.name.meaning == "eligible"
     assert evaluation.value == (codes.SCT.Yes if eligible else codes.SCT.No)
-    finding = groups["ischemic core"].finding_type
-    assert (finding.scheme_designator, finding.meaning) == (PRIVATE_SCHEME, "ischemic core")
+    finding = groups["ischemic core"].finding_type  # the segment's type: SNOMED CT Infarct
+    assert (finding.scheme_designator, finding.value, finding.meaning) == ("SCT", "55641003", "Infarct")
+    mismatch = groups["mismatch"].finding_type  # no standard concept: private
+    assert (mismatch.scheme_designator, mismatch.meaning) == (PRIVATE_SCHEME, "mismatch")
 
 
 def test_measurements_sr_codes_override_and_title(tmp_path: Path) -> None:
