@@ -16,7 +16,7 @@ import numpy as np
 
 from medinfer.errors import InputError
 
-__all__ = ["VascularCurve", "from_mask", "select_arterial", "select_venous"]
+__all__ = ["VascularCurve", "check_vessels", "from_mask", "select_arterial", "select_venous"]
 
 _MIN_PEAK_HU = 40.0
 _CANDIDATE_FRACTION = 0.01
@@ -132,3 +132,26 @@ def from_mask(conc: np.ndarray, mask: np.ndarray, times: np.ndarray, path: str) 
     if index.size == 0:
         raise InputError(path, "AIF mask selects no voxel")
     return VascularCurve.of(conc.reshape(len(conc), -1), index, grid, times, "mask")
+
+
+_WEAK_AIF_HU = 100.0
+
+
+def check_vessels(aif: VascularCurve, vof: VascularCurve | None, times: np.ndarray) -> list[str]:
+    """Plain-language warnings about the vessel curves a reader should see before trusting
+    the maps: an AIF that peaks no earlier than the VOF (the automatic choice may be a vein),
+    a weak or truncated AIF, no VOF (no partial-volume correction)."""
+    out = []
+    if aif.peak_time >= float(times[-1]):
+        out.append("the AIF peaks on the last frame: the bolus is cut off by the end of the acquisition")
+    if aif.peak < _WEAK_AIF_HU:
+        out.append(f"the AIF rises only {aif.peak:.0f} HU: a weak bolus or heavy partial volume; "
+                   "the maps are less reliable")
+    if vof is None:
+        out.append("no venous output peaking after the AIF: the AIF is not corrected for partial "
+                   "volume (CBF and CBV may read high), or the AIF itself is a vein; check the AIF "
+                   "voxels or give --aif-mask")
+    elif aif.peak_time >= vof.peak_time:
+        out.append(f"the AIF peaks at {aif.peak_time:.1f} s, not before the VOF ({vof.peak_time:.1f} s): "
+                   "the automatic choice may be a vein; check the AIF voxels or give --aif-mask")
+    return out

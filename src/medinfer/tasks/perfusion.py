@@ -11,6 +11,7 @@ deconvolution (``--backend torch``), the reference is NumPy (``--backend numpy``
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from medinfer.io.derived import (
 from medinfer.io.limits import ReadLimits
 from medinfer.io.perfusion import read_perfusion
 from medinfer.metrics import mean_interval
+from medinfer.perfusion.aif import check_vessels
 from medinfer.perfusion import (
     MAP_NAMES,
     Lesions,
@@ -53,6 +55,8 @@ from medinfer.runtime import Engine, EngineOptions
 from medinfer.tasks.base import Infer, Prediction, Task, WriteOptions, WrittenFile
 
 __all__ = ["BACKENDS", "Perfusion", "PerfusionPrediction", "SEGMENTS", "perfusion_artifact"]
+
+log = logging.getLogger(__name__)
 
 SEGMENTS = {1: "ischemic core", 2: "hypoperfused tissue outside the core"}
 BACKENDS = ("torch", "numpy")
@@ -171,7 +175,10 @@ class Perfusion(Task):
                  "method": self.method_record(maps), "frames": len(maps.times),
                  "frame_interval_s": round(float(np.median(np.diff(maps.times))), 4),
                  "baseline_frames": maps.arrival + 1, "brain_ml": round(float(maps.brain.sum()) *
-                                                                       float(np.prod(image.spacing)) / 1000, 2)}
+                                                                       float(np.prod(image.spacing)) / 1000, 2),
+                 "warnings": check_vessels(maps.aif, maps.vof, maps.times)}
+        for warning in extra["warnings"]:
+            log.warning("%s: %s", image.source or "perfusion series", warning)
         return PerfusionPrediction(task=self.name, mask=lesions.labels(), segments=dict(SEGMENTS),
                                    artifact=self.art.root.name, variant=variant,
                                    seconds={**{k: v for k, v in maps.seconds.items()},
