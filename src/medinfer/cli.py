@@ -186,8 +186,6 @@ def perfusion(
             times = [float(v) for v in frame_times.split(",")]
         except ValueError as exc:
             raise typer.BadParameter(f"--frame-times: {exc}") from exc
-    elif frame_interval:
-        times = None  # run_perfusion counts the NIfTI frames
     settings = {k: v for k, v in (("method", method), ("svd_threshold", svd_threshold),
                                    ("core_rcbf", core_rcbf), ("penumbra_tmax", penumbra_tmax)) if v is not None}
     with console.status("perfusion: reading, maps, lesions, results"):

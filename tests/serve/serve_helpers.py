@@ -39,6 +39,12 @@ class FakeModel:
 
     task = fake_task()
 
+    def read(self, paths, limits=None):
+        return self.task.read_input(paths, limits)
+
+    def warm_up(self) -> None:
+        """A stand-in has nothing to load or compile."""
+
     def write(self, pred, image, out_dir, options):
         return self.task.write(pred, image, out_dir, options)
 

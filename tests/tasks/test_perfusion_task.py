@@ -137,3 +137,9 @@ def test_vessel_warnings_flag_a_venous_aif_and_stay_quiet_on_a_good_one() -> Non
     assert any("--aif-mask" in w for w in warnings), warnings
     good = make_phantom(PhantomConfig(size=96, slices=4, frames=30))
     assert task.predict(None, good.image).extra["warnings"] == []
+
+
+def test_blank_input_is_a_small_4d_series() -> None:
+    """The warm start runs the analysis on a tiny phantom (the task has no network size)."""
+    image = task_for(ModelArtifact.load(MODEL)).blank_input()
+    assert image.array.shape == (16, 48, 48, 2) and len(image.meta["frame_times"]) == 16

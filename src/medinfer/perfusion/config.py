@@ -24,6 +24,9 @@ class PerfusionConfig(BaseModel):
         osvd_thresholds: ``osvd``: the thresholds tried, fractions of the largest singular value.
         oscillation_index: ``osvd``: the largest oscillation index a voxel's residue function
             may have (Wu et al. 2003 used 0.095 at their sampling).
+        bias_correction: correct CBF and Tmax for what the truncation does to an exponential
+            residue function at each voxel's threshold and transit time
+            (:class:`~medinfer.perfusion.deconvolution.BiasTable`).
         kh: haematocrit correction (1 - Hct large vessels) / (1 - Hct small vessels).
         rho: brain tissue density, g/ml.
         smoothing_mm: in-plane Gaussian sigma applied to tissue curves (not to the arterial
@@ -56,8 +59,6 @@ class PerfusionConfig(BaseModel):
     svd_threshold: float = Field(0.2, gt=0, lt=1)
     osvd_thresholds: tuple[float, ...] = (0.02, 0.03, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.4)
     oscillation_index: float = Field(0.095, gt=0)
-    upsample: int = Field(1, ge=1, le=8)
-    temporal_sigma: float = Field(0.0, ge=0)
     bias_correction: bool = True
     kh: float = Field(0.73, gt=0)
     rho: float = Field(1.04, gt=0)

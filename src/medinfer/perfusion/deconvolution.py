@@ -84,7 +84,8 @@ def aif_basis(aif: np.ndarray, dt: float) -> AifBasis:
 
 def oscillation_index(k: np.ndarray) -> np.ndarray:
     """Wu et al.'s oscillation index of residue functions ``k`` (``(N, L)``): the summed
-    absolute second difference over ``L`` times the maximum (0 for a flat-zero curve)."""
+    absolute second difference over ``L`` times the maximum (inf for a curve that never
+    rises above 0: no residue to judge)."""
     second = np.abs(k[:, 2:] - 2 * k[:, 1:-1] + k[:, :-2]).sum(axis=1)
     peak = k.max(axis=1)
     return np.where(peak > 0, second / (k.shape[1] * np.maximum(peak, 1e-30)), np.inf)

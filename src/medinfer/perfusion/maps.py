@@ -174,11 +174,10 @@ def compute_maps(image: Image, config: PerfusionConfig = PerfusionConfig(),
         raise InputError(image.source or "<series>", f"no brain voxel (baseline {lo:.0f}..{hi:.0f} HU "
                                                      "without vessels) found")
     lap("smooth")
-    curves = _temporal(tissue[:, brain].T.astype(np.float64), config.temporal_sigma)  # (N, T)
-    arterial = _temporal(aif.curve.astype(np.float64)[None] * scale, config.temporal_sigma)[0]
-    fine, fine_dt = _upsample(curves, config.upsample), dt / config.upsample
-    basis = aif_basis(_upsample(arterial[None], config.upsample)[0], fine_dt)
-    d = deconvolve(fine, basis, config.method, config.svd_threshold,
+    curves = tissue[:, brain].T.astype(np.float64)  # (N, T)
+    arterial = aif.curve.astype(np.float64) * scale
+    basis = aif_basis(arterial, dt)
+    d = deconvolve(curves, basis, config.method, config.svd_threshold,
                    config.osvd_thresholds, config.oscillation_index, config.backend,
                    config.chunk_voxels)
     lap("deconvolve")
@@ -187,7 +186,8 @@ def compute_maps(image: Image, config: PerfusionConfig = PerfusionConfig(),
     cbv = factor * area_with_tail(curves, dt, config.tail_extrapolation) / max(arterial.sum() * dt, 1e-9) * 100.0
     tmax = d.tmax
     if config.bias_correction:
-        table = bias_table(basis, _upsample(arterial[None], config.upsample)[0], thresholds_tried(config.method, config.svd_threshold, config.osvd_thresholds))
+        tried = thresholds_tried(config.method, config.svd_threshold, config.osvd_thresholds)
+        table = bias_table(basis, arterial, tried)
         cbf, tmax = table.correct(cbf, cbv, tmax, d.threshold)
     keep = cbv <= config.vessel_cbv
     brain[brain] = keep
@@ -198,28 +198,6 @@ def compute_maps(image: Image, config: PerfusionConfig = PerfusionConfig(),
     return PerfusionMaps(**{k: grids[k] for k in MAP_NAMES}, brain=brain, baseline=baseline,
                          aif=aif, vof=vof, aif_scale=float(scale), times=times, arrival=arrival,
                          threshold=grids["threshold"], seconds=seconds)
-
-
-def _temporal(curves: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian smoothing along time (``sigma`` in frames) of ``(N, T)`` curves. Tissue
-    and arterial curves get the same filter, so the convolution relation between them
-    (and the deconvolution) is unchanged while the noise drops."""
-    if sigma <= 0:
-        return curves
-    return ndimage.gaussian_filter1d(curves, sigma, axis=1, mode="nearest", truncate=3.0)
-
-
-def _upsample(curves: np.ndarray, factor: int) -> np.ndarray:
-    """Linear interpolation of ``(N, T)`` curves to ``factor`` x finer frames (the last
-    frame's value held over the final interval)."""
-    if factor <= 1:
-        return curves
-    t = curves.shape[1]
-    pos = np.arange(t * factor) / factor
-    lo = np.minimum(np.floor(pos).astype(int), t - 1)
-    hi = np.minimum(lo + 1, t - 1)
-    w = pos - lo
-    return curves[:, lo] * (1 - w) + curves[:, hi] * w
 
 
 def _to_grid(values: np.ndarray, mask: np.ndarray) -> np.ndarray:

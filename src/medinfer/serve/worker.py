@@ -26,9 +26,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-
-import numpy as np
-
 from medinfer.errors import InputError
 from medinfer.serve.config import RESULT_KINDS, ServeConfig
 from medinfer.serve.logs import describe_failure, hash_uid
@@ -45,6 +42,8 @@ class PredictorLike(Protocol):
     def predict(self, image: Any) -> Any: ...
 
     def read(self, paths: list[Path], limits: Any = None) -> Any: ...
+
+    def warm_up(self) -> None: ...
 
     def write(self, pred: Any, image: Any, out_dir: Path, options: Any) -> list[Any]: ...
 
@@ -63,8 +62,9 @@ class Worker:
         config: the service config.
         store: the job store.
         name: lease owner name (host:pid:n by default).
-        predictor_factory: artifact dir -> object with ``predict(Image) -> Prediction`` and
-            ``write(...)`` (a :class:`medinfer.tasks.Predictor`); cached per artifact.
+        predictor_factory: artifact dir -> object with ``read``, ``warm_up``, ``predict(Image)
+            -> Prediction`` and ``write(...)`` (a :class:`medinfer.tasks.Predictor`); cached
+            per artifact.
     """
 
     def __init__(self, config: ServeConfig, store: Store, name: str | None = None,
@@ -87,21 +87,9 @@ class Worker:
         """
         import highdicom  # noqa: F401  (first import takes seconds)
 
-        from medinfer.io import Image
-
         for route in self.config.routes:
             try:
-                predictor = self.predictor(str(route.artifact))
-                warm = getattr(predictor, "warm_up", None)
-                if warm is not None:
-                    warm()
-                else:  # a stand-in without warm_up: one blank input of the model's size
-                    spec = getattr(predictor, "artifact", None)
-                    if spec is not None:
-                        shape = (spec.spec.input.channels, *spec.spec.input.spatial)
-                        n = len(shape) - 1
-                        predictor.predict(Image(np.zeros(shape, np.float32), (1.0,) * n, (0.0,) * n,
-                                                np.eye(n)))
+                self.predictor(str(route.artifact)).warm_up()
             except Exception as exc:  # a missing model must not stop the other routes
                 log.warning("model not loaded", extra={"route": route.name, "error": str(exc)})
 
@@ -167,7 +155,7 @@ class Worker:
 
         predictor = self.predictor(job.artifact)
         t0 = time.perf_counter()
-        image = read_job_input(job, self.config.limits.read_limits(), getattr(predictor, "read", None))
+        image = read_job_input(job, predictor.read, self.config.limits.read_limits())
         t1 = time.perf_counter()
         pred = predictor.predict(image)
         t2 = time.perf_counter()
@@ -201,28 +189,21 @@ def result_file(kind: str, path: Path, media_type: str, sop_uid: str) -> ResultF
                       sop_class_uid=str(ds.get("SOPClassUID", "")))
 
 
-def read_job_input(job: LeasedJob, limits: Any = None,
-                   reader: Callable[[list[Path], Any], Any] | None = None) -> Any:
-    """The job's input as an :class:`~medinfer.io.Image`; a DICOM series carries its source
-    instances in array order (:attr:`~medinfer.io.Image.instances`). ``limits``: the
-    service's :class:`~medinfer.io.limits.ReadLimits` (checked from the headers first).
-    ``reader``: the routed model's own reading (:meth:`medinfer.tasks.Predictor.read`: a
-    perfusion model reads a 4D series); without it, one file or a 3D series.
+def read_job_input(job: LeasedJob, reader: Callable[[list[Path], Any], Any], limits: Any = None) -> Any:
+    """The job's input as an :class:`~medinfer.io.Image`, read by the routed model
+    (:meth:`medinfer.tasks.Predictor.read`: one file, a 3D series whose instances come in
+    array order, or a perfusion model's 4D series). ``limits``: the service's
+    :class:`~medinfer.io.limits.ReadLimits` (checked from the headers first).
 
     Raises:
         InputError: unreadable files or inconsistent geometry (named by the reader).
     """
-    from medinfer.io import read_dicom_series, read_image
-
     paths = [Path(p) for p, _ in job.files]
-    formats = {f for _, f in job.files}
     if not paths:
         raise InputError(Path("."), f"job {job.id} has no input files")
-    if reader is not None and formats == {"dicom"}:
-        return reader(paths, limits)
-    if formats != {"dicom"} or len(paths) == 1:
-        return read_image(paths[0], limits=limits)
-    return read_dicom_series(paths, limits=limits)
+    if {f for _, f in job.files} != {"dicom"}:
+        paths = paths[:1]  # an uploaded picture or NIfTI is one file
+    return reader(paths, limits)
 
 
 def summarize(pred: Any) -> dict[str, object]:

@@ -177,15 +177,14 @@ class Task(ABC):
             return read_image(paths[0], limits=limits)
         return read_dicom_series(list(paths), limits=limits)
 
-    def warm_up(self, engine: Engine | None) -> None:
-        """Run once on a blank input of the network's size (the service's workers call it
-        before their first job)."""
+    def blank_input(self) -> Image | None:
+        """An input to run once before the first request (the service's warm start): zeros
+        of the network's input size; None when the artifact records no fixed size."""
         spec = self.art.spec.input
-        if engine is None or not all(spec.spatial) or spec.channels <= 0:
-            return
+        if not all(spec.spatial) or spec.channels <= 0:
+            return None
         n = len(spec.spatial)
-        self.predict(engine, Image(np.zeros((spec.channels, *spec.spatial), np.float32), (1.0,) * n,
-                                   (0.0,) * n, np.eye(n)))
+        return Image(np.zeros((spec.channels, *spec.spatial), np.float32), (1.0,) * n, (0.0,) * n, np.eye(n))
 
     # -- data folders ----------------------------------------------------------------
     @abstractmethod

@@ -139,12 +139,10 @@ class Perfusion(Task):
             raise InputError(src, "no frame times: read the series with medinfer.io.perfusion."
                                   "read_perfusion, or give --frame-times for NIfTI")
 
-    def warm_up(self, engine: Engine | None) -> None:
-        """Analyse a tiny phantom once (imports of torch and SciPy, the first SVD, the
-        figures), so the first stroke study does not pay for them."""
-        phantom = make_phantom(PhantomConfig(size=48, slices=2, frames=16, dt=2.0), self.config)
-        maps, lesions = self.analyse(phantom.image)
-        summary_page(maps, lesions)
+    def blank_input(self) -> Image:
+        """A tiny phantom series: its analysis pays the imports of torch and SciPy and the
+        first SVD before the first stroke study."""
+        return make_phantom(PhantomConfig(size=48, slices=2, frames=16, dt=2.0), self.config).image
 
     # -- one series ------------------------------------------------------------------
     def prepare(self, image: Image) -> np.ndarray:

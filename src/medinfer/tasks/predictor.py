@@ -52,9 +52,11 @@ class Predictor:
         return self.task.read_input(paths, limits)
 
     def warm_up(self) -> None:
-        """Pay first-call costs (imports, compilation, allocations) before the first request
-        (:meth:`Task.warm_up`)."""
-        self.task.warm_up(self.engine)
+        """Run once on the task's :meth:`~Task.blank_input`, so the first request pays no
+        first-call costs (imports, compilation, allocations)."""
+        image = self.task.blank_input()
+        if image is not None:
+            self.predict(image)
 
     def predict(self, image: Image) -> Prediction:
         """Run the model on one image (picture or volume, channel-first, any size).
