@@ -230,6 +230,31 @@ class TrainingRecord(BaseModel):
         return [h for h in self.history if h.metrics]
 
 
+class DetectionSpec(BaseModel):
+    """Detection: what runs outside the exported network (decoding and NMS) and the second stage.
+
+    Attributes:
+        score_thresh: stage-1 candidates below this probability are dropped before NMS.
+        nms_iou: IoU above which NMS suppresses the lower-scoring of two candidates.
+        topk: candidates per FPN level kept before NMS.
+        max_per_slice: candidates per slice kept after NMS.
+        stage2: sub-folder holding the second-stage classifier artifact ("": one stage).
+        crop_size: side of the square candidate crop the classifier takes (input pixels).
+        crop_context: crop side / the candidate's longer side (context around the box).
+        min_score: detections whose final score (the geometric mean of both stages'
+            probabilities) is below this are not reported.
+    """
+
+    score_thresh: float = 0.05
+    nms_iou: float = 0.3
+    topk: int = 200
+    max_per_slice: int = 10
+    stage2: str = ""
+    crop_size: int = 32
+    crop_context: float = 1.5
+    min_score: float = 0.05
+
+
 class ArtifactSpec(BaseModel):
     """Contents of ``artifact.json``."""
 
@@ -251,6 +276,8 @@ class ArtifactSpec(BaseModel):
     """Classification: decision threshold per class (Youden's J on the validation part)."""
     segments: dict[int, str] = Field(default_factory=dict)
     """Segmentation: label value -> segment name (default ``{1: "foreground"}``)."""
+    detection: DetectionSpec | None = None
+    """Detection: post-processing outside the network and the second stage."""
 
 
 class ModelArtifact:

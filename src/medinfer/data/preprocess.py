@@ -51,3 +51,19 @@ def prepare_batch(images: list[np.ndarray], spec: Preprocessing) -> np.ndarray:
     """Raw (C, H, W) images of any size -> network batch (N, C, *spec.size) float32."""
     out = [prepare_image(im, spec) for im in images]
     return np.stack(out) if out else np.zeros((0, spec.channels, *spec.size), np.float32)
+
+
+def prepare_slices(volume: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """The 2.5D network inputs of every slice of a (rows, cols, slices) volume: slice k with
+    its neighbours ``k - c .. k + c`` as channels (``spec.channels = 2c + 1``; the first and
+    last slices repeat themselves), each windowed by ``spec.window``, scaled by ``spec``
+    and resized to ``spec.size``. Returns (slices, channels, *size) float32."""
+    x = np.moveaxis(np.asarray(volume, np.float32), -1, 0)  # (slices, rows, cols)
+    if spec.window is not None:
+        x = np.clip(x, spec.window[0], spec.window[1])
+    x = (x * spec.scale - spec.mean[0]) / spec.std[0]
+    if x.shape[1:] != tuple(spec.size):
+        x = resize_image(x, tuple(spec.size))
+    c = spec.channels // 2
+    index = np.clip(np.arange(len(x))[:, None] + np.arange(-c, c + 1)[None, :], 0, len(x) - 1)
+    return np.ascontiguousarray(x[index], np.float32)

@@ -286,13 +286,17 @@ def finding_code(name: str, overrides: Mapping[str, Code] | None = None) -> Code
 # "Volume" and "Volume Ratio" are CID 7469 (Generic Intensity and Size Measurement); a
 # bare "ratio" is SNOMED CT's "Ratio" property, as unspecific as the name. DCM
 # "Eligibility" (126075) is a clinical-trial time point (CID 6146), not "eligible for a
-# treatment", so "eligible" keeps a private code.
+# treatment", so "eligible" keeps a private code. "Long axis" and "Short axis" are the
+# SNOMED CT qualifiers of CID 7470 (Linear Measurements), not DCM codes: a lesion's
+# longest diameter and the one across it (here the sides of a detection box).
 _MEASUREMENTS: dict[str, Code] = {
     "volume": codes.SCT.Volume,
     "volume ratio": codes.DCM.VolumeRatio,
     "mismatch ratio": codes.DCM.VolumeRatio,
     "ratio": codes.SCT.Ratio,
     "probability": codes.DCM.Probability,
+    "long axis": codes.SCT.LongAxis,
+    "short axis": codes.SCT.ShortAxis,
 }
 
 

@@ -34,10 +34,17 @@ from medinfer.io.codes import (
 from medinfer.io.writers import overlay
 
 __all__ = [
+    "BOX_COLOR",
+    "CT_WINDOW",
+    "PROBABILITY_UNIT",
     "SERIES_OFFSETS",
+    "TRUTH_COLOR",
+    "Box",
+    "CodedGroup",
     "SrGroup",
     "SrMeasurement",
     "derived_series_number",
+    "detection_overlay",
     "fill_type2",
     "overlay_slice",
     "tolerant_copies",
@@ -45,6 +52,7 @@ __all__ = [
     "write_measurements_sr",
     "write_parametric_map",
     "write_png",
+    "write_report",
     "write_sc",
     "write_seg",
     "write_sr",
@@ -58,6 +66,8 @@ MANUFACTURER = "medinfer"
 # PERFUSION_QUANTITIES) of every series in a study get numbers of their own.
 SERIES_OFFSETS = {"seg": 9000, "sc": 9100, "sr": 9200, "pm": 9300}
 _IS_MAX = 2**31 - 1  # the largest value of an IS (Integer String) attribute
+# UCUM unit of a model's probability or score in 0..1 (a UCUM annotation: unity)
+PROBABILITY_UNIT = Code("{probability}", "UCUM", "probability")
 _COLORS = ((255, 0, 0), (0, 200, 0), (0, 120, 255), (255, 200, 0), (200, 0, 255), (0, 220, 220))
 
 
@@ -417,6 +427,119 @@ def overlay_slice(image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, int]
     return np.moveaxis(pic, 0, -1), k
 
 
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in pixels (x = column)
+BOX_COLOR = (255, 220, 0)  # predicted boxes: yellow
+TRUTH_COLOR = (0, 200, 0)  # reference boxes: green
+CT_WINDOW = (-1000.0, 400.0)  # HU: lung parenchyma to mediastinum on one picture
+
+
+def detection_overlay(image: np.ndarray, boxes: Sequence[Box], scores: Sequence[float],
+                      truth: Sequence[Box] = (), *,
+                      window: tuple[float, float] | None = CT_WINDOW) -> np.ndarray:
+    """RGB picture of one slice with detected boxes (yellow, score written by each) and
+    reference boxes (green).
+
+    Each box is a 2-pixel outline drawn on the pixels just inside its edges: the pixel
+    columns ``floor(x0) .. ceil(x1) - 1`` and rows ``floor(y0) .. ceil(y1) - 1``. Boxes are
+    in DICOM's continuous pixel coordinates ((0, 0) is the top-left corner of the top-left
+    pixel), as :class:`medinfer.io.regions.RegionFinding`. Scores are written with
+    Pillow's default font above a box (below it at the top of the image).
+
+    Args:
+        image: ``(H, W)`` or ``(1, H, W)`` slice; values already in 0..255 (uint8 or
+            8-bit data) are shown as they are, others (CT HU) through ``window``.
+        boxes: predicted boxes ``(x0, y0, x1, y1)``, pixels.
+        scores: one score per box, written with two decimals.
+        truth: reference boxes, drawn under the predicted ones.
+        window: (low, high) intensity shown black .. white; default -1000..400 HU.
+            ``None``: the slice's 1st..99.5th percentiles, for data in other units (a
+            normalised network input, MR), 8-bit data included.
+
+    Returns:
+        ``(H, W, 3)`` uint8 picture.
+
+    Raises:
+        ValueError: not one 2D slice, a score count unlike the box count, or an empty window.
+    """
+    pic = _grey(image, window)
+    if len(scores) != len(boxes):
+        raise ValueError(f"{len(boxes)} boxes but {len(scores)} scores")
+    rgb = np.repeat(pic[..., None], 3, axis=-1)
+    for box in truth:
+        _outline(rgb, box, TRUTH_COLOR)
+    for box in boxes:
+        _outline(rgb, box, BOX_COLOR)
+    if len(boxes):  # boxes may be an array
+        rgb = _label_boxes(rgb, boxes, scores)
+    return rgb
+
+
+def _grey(image: np.ndarray, window: tuple[float, float] | None) -> np.ndarray:
+    """``(H, W)`` uint8 of a 2D slice: as it is when in 0..255 (and a window is given),
+    else windowed (``None``: to its 1st..99.5th percentiles)."""
+    img = np.asarray(image)
+    if img.ndim == 3 and img.shape[0] == 1:
+        img = img[0]
+    if img.ndim != 2:
+        raise ValueError(f"a detection overlay shows one 2D slice, got shape {img.shape}")
+    finite = img[np.isfinite(img)]
+    if window is None:
+        lo, hi = np.percentile(finite, (1, 99.5)).tolist() if finite.size else (0.0, 1.0)
+        hi = max(hi, lo + 1e-6)
+    else:
+        lo, hi = float(window[0]), float(window[1])
+        if not hi > lo:
+            raise ValueError(f"empty intensity window {window}")
+        if img.dtype == np.uint8:
+            return img
+        if finite.size and finite.min() >= 0 and finite.max() <= 255:  # 8-bit data as floats
+            return np.nan_to_num(img).round().clip(0, 255).astype(np.uint8)
+    scaled = (np.nan_to_num(img.astype(np.float32), nan=lo) - lo) / (hi - lo) * 255
+    return scaled.round().clip(0, 255).astype(np.uint8)
+
+
+def _pixel_span(lo: float, hi: float, size: int) -> tuple[int, int]:
+    """First and last pixel index covered by the interval [lo, hi), clipped to the image."""
+    first = max(int(np.floor(lo)), 0)
+    last = min(int(np.ceil(hi)) - 1, size - 1)
+    return first, max(last, first)
+
+
+def _outline(rgb: np.ndarray, box: Box, color: tuple[int, int, int], width: int = 2) -> None:
+    """Draw the ``width``-pixel outline of ``box`` inside its edges (in place)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    rows, cols = rgb.shape[:2]
+    if x1 <= 0 or y1 <= 0 or x0 >= cols or y0 >= rows:
+        return  # wholly outside the picture
+    c0, c1 = _pixel_span(x0, x1, cols)
+    r0, r1 = _pixel_span(y0, y1, rows)
+    rgb[r0:min(r0 + width, r1 + 1), c0:c1 + 1] = color
+    rgb[max(r1 - width + 1, r0):r1 + 1, c0:c1 + 1] = color
+    rgb[r0:r1 + 1, c0:min(c0 + width, c1 + 1)] = color
+    rgb[r0:r1 + 1, max(c1 - width + 1, c0):c1 + 1] = color
+
+
+def _label_boxes(rgb: np.ndarray, boxes: Sequence[Box], scores: Sequence[float]) -> np.ndarray:
+    """Write each score (two decimals) above its box, or below it when there is no room."""
+    from PIL import Image as PILImage
+    from PIL import ImageDraw, ImageFont
+
+    canvas = PILImage.fromarray(rgb)
+    draw = ImageDraw.Draw(canvas)
+    draw.fontmode = "1"  # no anti-aliasing: the text is in the box colour exactly
+    font = ImageFont.load_default()
+    rows = rgb.shape[0]
+    for (x0, y0, _, y1), score in zip(boxes, scores, strict=True):
+        text = f"{float(score):.2f}"
+        _, top, _, bottom = draw.textbbox((0, 0), text, font=font)
+        height = bottom - top
+        c0 = max(int(np.floor(x0)), 0)
+        r0, r1 = _pixel_span(float(y0), float(y1), rows)
+        y = r0 - height - 2 - top if r0 - height - 2 >= 0 else r1 + 2 - top
+        draw.text((c0, y), text, fill=BOX_COLOR, font=font)
+    return np.asarray(canvas).copy()
+
+
 def write_sc(source: Dataset, picture: np.ndarray, out: Path, algorithm: str,
              series_number: int | None = None) -> tuple[Path, str]:
     """Write an RGB Secondary Capture of ``picture`` (``(rows, cols, 3)`` uint8) for ``source``.
@@ -527,34 +650,70 @@ class SrGroup:
 
 
 @dataclass(frozen=True)
-class _CodedGroup:
-    """A measurement group in codes: what :func:`_measurement_groups` writes."""
+class CodedGroup:
+    """One measurement group in codes, as :func:`write_report` writes it.
+
+    Attributes:
+        tracking: tracking identifier (text; a new UID is added), e.g. ``"lesion 1"``.
+        finding: finding type.
+        measurements: (name, value, UCUM unit) of each numeric measurement.
+        evaluations: (name, value) of each qualitative evaluation.
+        region: a ``highdicom.sr.ImageRegion`` (which references its own source image):
+            the group is then a planar ROI group (TID 1410); ``None``: an image-level
+            group (TID 1501) on the report's first source.
+    """
 
     tracking: str
     finding: Code
     measurements: tuple[tuple[Code, float, Code], ...]  # (name, value, unit)
     evaluations: tuple[tuple[Code, Code], ...]  # (name, value)
+    region: Any = None
 
 
-def _measurement_groups(groups: Sequence[_CodedGroup], algo: Any, refs: list[Any]) -> list[Any]:
-    """highdicom TID 1501 measurement groups, one per group, with the algorithm and source."""
+def _measurement_groups(groups: Sequence[CodedGroup], algo: Any, refs: list[Any]) -> list[Any]:
+    """highdicom measurement groups, one per group, with the algorithm: a planar ROI group
+    (TID 1410) where the group has a region, else an image-level one (TID 1501) on ``refs``."""
     import highdicom as hd
 
-    return [hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=g.tracking),
-        finding_type=g.finding, algorithm_id=algo, source_images=refs,
-        measurements=[hd.sr.Measurement(name=n, value=v, unit=u) for n, v, u in g.measurements],
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=n, value=v)
-                                 for n, v in g.evaluations])
-        for g in groups]
+    out = []
+    for g in groups:
+        common: dict[str, Any] = {
+            "tracking_identifier": hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=g.tracking),
+            "finding_type": g.finding, "algorithm_id": algo,
+            "measurements": [hd.sr.Measurement(name=n, value=v, unit=u)
+                             for n, v, u in g.measurements],
+            "qualitative_evaluations": [hd.sr.QualitativeEvaluation(name=n, value=v)
+                                        for n, v in g.evaluations]}
+        if g.region is not None:
+            out.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                referenced_region=g.region, **common))
+        else:
+            out.append(hd.sr.MeasurementsAndQualitativeEvaluations(source_images=refs, **common))
+    return out
 
 
-def _write_report(sources: Sequence[Dataset], groups: Sequence[_CodedGroup], out: Path, *,
-                  algorithm: str, version: str, series_number: int | None,
-                  title: Code | None, description: str) -> tuple[Path, str]:
-    """Write a Comprehensive SR (TID 1500 measurement report) of ``groups``: the device
-    observer, the sources as evidence (the first as each group's source image) and the
-    series number (default :func:`derived_series_number`)."""
+def write_report(sources: Sequence[Dataset], groups: Sequence[CodedGroup], out: Path, *,
+                 algorithm: str, version: str, series_number: int | None,
+                 title: Code | None, description: str) -> tuple[Path, str]:
+    """Write a Comprehensive SR (TID 1500 measurement report) of ``groups``.
+
+    The builder of every medinfer SR: the algorithm as device observer and in each group,
+    the sources as evidence (the first as the source image of each group without a
+    region), the series number (default :func:`derived_series_number` ``sr``).
+
+    Args:
+        sources: the source instances; their study is the report's.
+        groups: at least one (highdicom's TID 1500 needs one).
+        out: file to write.
+        algorithm: algorithm name.
+        version: algorithm version (not empty: it is an SR TEXT item).
+        series_number: ``None`` for the default.
+        title: document title from CID 7021 (``None``: *Imaging Measurement Report*).
+        description: SeriesDescription (cut to 64 characters).
+
+    Returns:
+        (path, SOP Instance UID).
+    """
     import highdicom as hd
     from pydicom.sr.codedict import codes as dicom_codes
 
@@ -595,15 +754,15 @@ def write_sr(sources: Sequence[Dataset], scores: dict[str, float], thresholds: d
     """
     from pydicom.sr.codedict import codes as dicom_codes
 
-    unit = Code("{probability}", "UCUM", "probability")
+    unit = PROBABILITY_UNIT
     groups = []
     for finding, p in sorted(scores.items()):
         name = finding_code(finding, codes)
         present = dicom_codes.SCT.Present if p >= thresholds.get(finding, 0.5) \
             else dicom_codes.SCT.Absent
-        groups.append(_CodedGroup(finding, name, ((dicom_codes.DCM.Probability, float(p), unit),),
+        groups.append(CodedGroup(finding, name, ((dicom_codes.DCM.Probability, float(p), unit),),
                                   ((name, present),)))
-    return _write_report(sources, groups, out, algorithm=algorithm, version=version,
+    return write_report(sources, groups, out, algorithm=algorithm, version=version,
                          series_number=series_number, title=None,
                          description=f"medinfer findings {algorithm}")
 
@@ -644,13 +803,13 @@ def write_measurements_sr(sources: Sequence[Dataset], groups: Sequence[SrGroup],
     if not groups:
         raise ValueError("a measurement report needs at least one group")
     yes, no = dicom_codes.SCT.Yes, dicom_codes.SCT.No
-    coded = [_CodedGroup(
+    coded = [CodedGroup(
         g.finding, finding_code(g.finding, codes),
         tuple((measurement_code(m.name, codes), float(m.value),
                Code(m.unit, "UCUM", m.unit_meaning)) for m in g.measurements),
         tuple((measurement_code(name, codes), yes if flag else no) for name, flag in g.evaluations))
         for g in groups]
-    return _write_report(sources, coded, out, algorithm=algorithm, version=version,
+    return write_report(sources, coded, out, algorithm=algorithm, version=version,
                          series_number=series_number, title=title,
                          description=f"medinfer measurements {algorithm}")
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from medinfer.artifact import ModelArtifact, VariantRecord
 from medinfer.optimize import export, inspect, quantize
-from medinfer.runtime import EngineOptions, open_engine
+from medinfer.runtime import EngineOptions
 from medinfer.runtime.measure import timed_runs
 from medinfer.tasks import GateLimits, Task, task_for
 from medinfer.variants import REFERENCE, VARIANT_DIR, get_kind, kinds
@@ -72,7 +72,7 @@ def build_variants(art: ModelArtifact, calib: np.ndarray, step: Callable[[str], 
 def check_variant(art: ModelArtifact, name: str, task: Task, val: Any, cfg: OptimizeConfig) -> VariantRecord:
     """Evaluate one variant's task metrics and its quick latency on a representative batch."""
     rec = VariantRecord.of(get_kind(name))
-    engine = open_engine(art, rec, cfg.options)
+    engine = task.open_variant(rec, cfg.options)
     try:
         rec.metrics = {k: v for k, v in task.score(engine, val).items() if isinstance(v, float)}
         rec.latency_ms = float(np.median(timed_runs(engine.infer, task.latency_batch(val), 1, cfg.latency_runs)))
@@ -114,6 +114,9 @@ def optimize(art: ModelArtifact, cfg: OptimizeConfig,
     step("load validation data")
     val = task.load_eval(cfg.val, cfg.val_limit)
     build_variants(art, calib, step)
+    for part, part_calib in task.parts(calib):
+        step(f"variants of {part.root.name} ({len(part_calib)} calibration inputs)")
+        build_variants(part, part_calib, step)
     names = [k.name for k in kinds(optimized=True) if cfg.tune is not None or not k.needs_tuning_data]
     float_layers: list[str] = []
     if cfg.tune is not None:

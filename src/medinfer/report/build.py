@@ -6,7 +6,7 @@ from pathlib import Path
 
 from medinfer.artifact import ModelArtifact
 from medinfer.report.html import render_report
-from medinfer.runtime import EngineOptions, open_engine, variant_by_name
+from medinfer.runtime import EngineOptions, variant_by_name
 from medinfer.runtime.bench import BenchmarkResult
 from medinfer.tasks import Task, task_for
 from medinfer.variants import REFERENCE
@@ -46,9 +46,9 @@ def _outputs(task: Task, val_dir: Path, variants: list[str], n: int, threads: in
     data = task.load_eval(val_dir, n)
     outputs = {}
     for name in variants:
-        engine = open_engine(task.art, variant_by_name(task.art, name), EngineOptions(threads=threads))
+        engine = task.open_variant(variant_by_name(task.art, name), EngineOptions(threads=threads))
         try:
-            outputs[name] = task.outputs(engine.infer, data)
+            outputs[name] = task.engine_outputs(engine, data)
         finally:
             engine.close()
     return data, outputs

@@ -21,16 +21,17 @@ from medinfer.tasks.base import (
     WrittenFile,
 )
 from medinfer.tasks.classification import Classification
+from medinfer.tasks.detection import Detection, StagedEngine
 from medinfer.tasks.perfusion import Perfusion, PerfusionPrediction
 from medinfer.tasks.predictor import Predictor
 from medinfer.tasks.registry import list_tasks, register_task, task_for, unregister_task
 from medinfer.tasks.segmentation import Segmentation2D, SegmentationTask, labels_from_logits
 from medinfer.tasks.volume import Segmentation3D, VolumeInference, window_logits
 
-for _task in (Segmentation2D, Segmentation3D, Classification, Perfusion):
+for _task in (Segmentation2D, Segmentation3D, Classification, Perfusion, Detection):
     register_task(_task)
 
-__all__ = ["Classification", "Example", "GateLimits", "Infer", "Perfusion", "PerfusionPrediction",
+__all__ = ["Classification", "Detection", "StagedEngine", "Example", "GateLimits", "Infer", "Perfusion", "PerfusionPrediction",
            "PictureTask", "Prediction", "Predictor",
            "Segmentation2D", "Segmentation3D", "SegmentationTask", "Task", "VolumeInference",
            "WriteOptions", "WrittenFile", "labels_from_logits", "list_tasks", "register_task",

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from medinfer.artifact import ModelArtifact
+from medinfer.artifact import ModelArtifact, VariantRecord
 from medinfer.data.pairs import load_calibration_images
 from medinfer.data.preprocess import prepare_batch
 from medinfer.errors import InputError
@@ -166,7 +166,18 @@ class Task(ABC):
         (its chosen one by default) loaded in its backend. A task without a network
         (perfusion) returns no engine and names the computation it runs."""
         variant = resolve_variant(self.art, backend, precision)
-        return open_engine(self.art, variant, options), variant.name
+        return self.open_variant(variant, options), variant.name
+
+    def open_variant(self, record: VariantRecord, options: EngineOptions) -> Engine:
+        """The engine running ``record`` (a task with more than one network opens each of
+        them in that variant)."""
+        return open_engine(self.art, record, options)
+
+    def parts(self, calib: np.ndarray) -> list[tuple[ModelArtifact, np.ndarray]]:
+        """The task's other networks (beyond the artifact's own), each with its calibration
+        inputs derived from ``calib``: the optimizer builds every variant of each, and
+        :meth:`open_variant` opens them together. None by default."""
+        return []
 
     def read_input(self, paths: Sequence[Path], limits: ReadLimits | None = None) -> Image:
         """The input of one request from its files: one file (picture, NIfTI, DICOM) or a
@@ -265,9 +276,13 @@ class Task(ABC):
     def metrics(self, outputs: list[np.ndarray], data: Any, n_boot: int = 0) -> dict[str, Any]:
         """Task metrics from :meth:`outputs` (flat floats, plus intervals when ``n_boot``)."""
 
+    def engine_outputs(self, engine: Engine, data: Any) -> list[np.ndarray]:
+        """:meth:`outputs` of an opened engine (a task with several networks runs them all)."""
+        return self.outputs(engine.infer, data)
+
     def score(self, engine: Engine, data: Any, n_boot: int = 0) -> dict[str, Any]:
         """:meth:`metrics` of ``engine`` on ``data``."""
-        return self.metrics(self.outputs(engine.infer, data), data, n_boot)
+        return self.metrics(self.engine_outputs(engine, data), data, n_boot)
 
     def gate(self, ref: dict[str, float], cand: dict[str, float], limits: GateLimits) -> str:
         """Why ``cand`` fails against ``ref`` ("" when it passes)."""

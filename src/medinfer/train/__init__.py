@@ -7,12 +7,16 @@ from YAML with :func:`medinfer.train.cli_config.load_config`.
 from medinfer.train.config import (
     AnyTrainConfig,
     ClassifyConfig,
+    DetectConfig,
     FitConfig,
     TrainConfig,
     VolumeTrainConfig,
 )
 from medinfer.train.fit import FitResult, fit, run_training
+from medinfer.train.detect import CandidateRecipe, DetectionRecipe
 from medinfer.train.recipes import RECIPES, Recipe, recipe_for
 
-__all__ = ["RECIPES", "AnyTrainConfig", "ClassifyConfig", "FitConfig", "FitResult", "Recipe", "TrainConfig",
+RECIPES[DetectionRecipe.task] = DetectionRecipe()
+
+__all__ = ["RECIPES", "AnyTrainConfig", "CandidateRecipe", "ClassifyConfig", "DetectConfig", "DetectionRecipe", "FitConfig", "FitResult", "Recipe", "TrainConfig",
            "VolumeTrainConfig", "fit", "recipe_for", "run_training"]

@@ -34,6 +34,7 @@ from typing import Any
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
+from medinfer.data.detection import is_detection_folder
 from medinfer.data.labels import is_labeled_folder
 from medinfer.data.volumes import is_volume_folder
 from medinfer.artifact import ModelArtifact
@@ -84,14 +85,18 @@ _TASK_FLAGS = {  # the flags each recipe took before configs existed (the others
                        "threads", "max_minutes", "limit"),
     "segmentation": ("data", "out", "model", "channels", "epochs", "batch_size", "lr", "lr_step", "lr_gamma",
                      "loss", "val_fraction", "seed", "threads", "max_minutes", "limit"),
+    "detection": ("data", "out", "model", "epochs", "batch_size", "lr", "seed", "threads", "max_minutes"),
 }
-_DEFAULT_MODEL = {"segmentation": "resunet", "classification": "densenet121", "segmentation3d": "unet3d"}
+_DEFAULT_MODEL = {"segmentation": "resunet", "classification": "densenet121", "segmentation3d": "unet3d",
+                  "detection": "retinanet2d"}
 
 
 def detect_task(data: str | Path) -> str:
     """The recipe a data folder's layout calls for (``segmentation`` when nothing else fits)."""
     if is_volume_folder(data):
         return "segmentation3d"
+    if is_detection_folder(data):
+        return "detection"
     if is_labeled_folder(data):
         return "classification"
     return "segmentation"

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from medinfer.artifact import DetectionSpec
 from medinfer.data.spec import Preprocessing
 
 
@@ -203,7 +204,60 @@ class VolumeTrainConfig(FitConfig):
         return value
 
 
-AnyTrainConfig = Annotated[TrainConfig | ClassifyConfig | VolumeTrainConfig, Field(discriminator="task")]
+CT_LUNG_WINDOW = (-1000.0, 400.0)
+"""HU window of the detector's input: lung parenchyma to soft tissue."""
+
+
+class DetectConfig(FitConfig):
+    """A two-stage lesion detection run (Lung-PET-CT-Dx layout: DICOM series + VOC boxes).
+
+    Stage 1 (MONAI RetinaNet on a small ResNet + FPN, 2.5D: each slice with its neighbours
+    as channels) trains on augmented annotated slices (flips, zoom, shift, intensity) with
+    ATSS matching and hard-negative sampling; stage 2 (a small ResNet on candidate crops)
+    trains on crops of the trained stage 1's candidates on the same training series, the
+    truth boxes jittered as positives and random boxes as extra negatives (the LUNA16
+    false-positive-reduction recipe).
+
+    Attributes:
+        test_patients: held out entirely (leave-one-patient-out): neither trained nor validated on.
+        val_series: series names (``<patient>/<series folder>``) that choose the best epoch;
+            empty: the last series of the training patients. With one training patient this
+            is the same scan in another reconstruction kernel: it guards against a broken
+            epoch, it is not an independent estimate.
+        samples_per_epoch: augmented slices per epoch.
+        stage2_epochs: epochs of the candidate classifier (0: a one-stage detector).
+        stage2_architecture: the candidate classifier's network.
+        jitter: positive crops drawn per truth box for stage 2.
+        negatives_per_slice: random negative crops per training slice for stage 2.
+        paste_prob: probability per training slice of pasting a training lesion into its lung
+            (copy-paste augmentation: more lesion positions and backgrounds than the data has).
+        detection: post-processing settings stored in the artifact.
+    """
+
+    task: Literal["detection"] = "detection"
+    architecture: str = "retinanet2d"
+    test_patients: tuple[str, ...] = ("A0002",)
+    val_series: tuple[str, ...] = ()
+    samples_per_epoch: int = Field(96, ge=1)
+    epochs: int = Field(60, ge=1)
+    batch_size: int = Field(8, ge=2)
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["step", "cosine", "constant"] = "cosine"
+    val_every: int = Field(5, ge=1)
+    stage2_epochs: int = Field(30, ge=0)
+    stage2_architecture: str = "candidate-resnet"
+    jitter: int = Field(6, ge=1)
+    negatives_per_slice: int = Field(6, ge=0)
+    paste_prob: float = Field(0.5, ge=0, le=1)
+    detection: DetectionSpec = DetectionSpec(stage2="stage2")
+    preprocessing: Preprocessing = Preprocessing(
+        size=(256, 256), scale=1.0 / 1400.0, mean=(-1000.0 / 1400.0,) * 3, std=(1.0, 1.0, 1.0), channels=3,
+        window=CT_LUNG_WINDOW)
+
+
+AnyTrainConfig = Annotated[TrainConfig | ClassifyConfig | VolumeTrainConfig | DetectConfig,
+                           Field(discriminator="task")]
 """Any recipe's config, told apart by ``task`` (validate with a ``pydantic.TypeAdapter``)."""
 
-TASKS = ("segmentation", "classification", "segmentation3d")
+TASKS = ("segmentation", "classification", "segmentation3d", "detection")

@@ -347,6 +347,7 @@ def fit(recipe: Recipe[Any], cfg: FitConfig, command: str = "") -> FitResult:
     run = _Run(recipe, cfg, net, opt, schedule, loss_fn, draw, rng, art, task_for(art), val,
                recipe.epoch_samples(cfg, train), step)
     _epochs(run)
+    recipe.finish(cfg, art)
     return FitResult(art)
 
 

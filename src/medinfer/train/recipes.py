@@ -100,6 +100,10 @@ class Recipe(ABC, Generic[C]):
     def on_best(self, cfg: C, art: ModelArtifact, engine: Engine, val: Any) -> None:
         """Keep what else belongs to a new best epoch (the loop has saved the weights)."""
 
+    def finish(self, cfg: C, art: ModelArtifact) -> None:
+        """After the last epoch: what else the artifact needs (a second network trained on
+        the first one's outputs); nothing by default."""
+
 
 def _batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
     """Index batches of one shuffled pass; batches of one are skipped (batch norm needs two)."""
@@ -262,7 +266,7 @@ class VolumeRecipe(Recipe[VolumeTrainConfig]):
 
 RECIPES: dict[str, Recipe[Any]] = {r.task: r for r in (SegmentationRecipe(), ClassificationRecipe(),
                                                        VolumeRecipe())}
-"""Recipe per config ``task``."""
+"""Recipe per config ``task`` (:mod:`medinfer.train.detect` adds ``detection``)."""
 
 
 def recipe_for(cfg: FitConfig) -> Recipe[Any]:
