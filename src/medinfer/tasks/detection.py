@@ -12,7 +12,7 @@ variant of both, and the gate scores the whole pipeline on the detection metric.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -223,12 +223,17 @@ class Detection(Task):
         """(slices, C, H, W): every slice with its neighbours, windowed, resized."""
         return prepare_slices(slice_volume(image), self.spec)
 
-    def detect(self, stage1: Infer, stage2: Infer | None, x: np.ndarray) -> np.ndarray:
-        """Both stages on prepared slices ``x``: detection rows (n, 7) (:data:`COLUMNS`)."""
+    def detect(self, stage1: Infer, stage2: Infer | None, x: np.ndarray,
+               many: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None) -> np.ndarray:
+        """Both stages on prepared slices ``x``: detection rows (n, 7) (:data:`COLUMNS`).
+
+        ``many`` runs stage 1 on all the slice batches at once (an engine's ``infer_many``:
+        several requests in flight); without it the batches run one after another."""
+        batches = [x[i:i + self.batch] for i in range(0, len(x), self.batch)]
+        outputs = many(batches) if many is not None else [stage1(b) for b in batches]
         rows = []
-        for i in range(0, len(x), self.batch):
-            out = torch.from_numpy(np.asarray(stage1(x[i:i + self.batch])))
-            for j, o in enumerate(out):
+        for i, out in zip(range(0, len(x), self.batch), outputs):
+            for j, o in enumerate(torch.from_numpy(np.asarray(out))):
                 boxes, scores = self.geometry.decode(o)
                 k = torch.full((len(boxes), 1), float(i + j))
                 rows.append(torch.cat([k, boxes, scores[:, None], scores[:, None]], 1).numpy())
@@ -253,7 +258,7 @@ class Detection(Task):
 
     def infer(self, engine: Engine, x: np.ndarray) -> np.ndarray:
         classifier = engine.classifier if isinstance(engine, StagedEngine) else None
-        return self.detect(engine.infer, classifier.infer if classifier else None, x)
+        return self.detect(engine.infer, classifier.infer if classifier else None, x, engine.infer_many)
 
     def postprocess(self, outputs: np.ndarray, image: Image) -> Prediction:
         rows, cols = image.spatial_shape[:2]

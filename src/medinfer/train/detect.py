@@ -186,8 +186,9 @@ class DetectionRecipe(Recipe[DetectConfig]):
 
 class CandidateRecipe(ClassificationRecipe):
     """Stage 2: the classification recipe on crops of stage-1 candidates (positives: candidates
-    overlapping a truth box by IoU >= 0.3 and jittered truth boxes; negatives: candidates
-    with IoU < 0.1 and random boxes)."""
+    overlapping a truth box by IoU >= 0.3, jittered truth boxes and, with ``paste_prob``, the
+    truth lesions pasted into other lung surroundings; negatives: candidates with IoU < 0.1
+    and random boxes)."""
 
     task = "candidates"
 
@@ -208,8 +209,17 @@ class CandidateRecipe(ClassificationRecipe):
         with torch.no_grad():
             rows = task.detect(lambda b: net(torch.from_numpy(b)).numpy(), None, data.images)
         rng = np.random.default_rng(cfg.seed + len(items))
-        picked, labels = mine(rows, input_boxes(data), data.images.shape[-2:], self.detect_cfg, rng)
+        truths = input_boxes(data)
+        picked, labels = mine(rows, truths, data.images.shape[-2:], self.detect_cfg, rng)
         crops = task.crops(data.images, picked)
+        if self.detect_cfg.paste_prob > 0:  # the lesions again, pasted into other surroundings
+            pasted = data.images.copy()
+            moved = paste_lesions(pasted, [np.zeros((0, 4), np.float32)] * len(pasted), data, truths, rng, 1.0)
+            extra = np.array([[k, *b[-1], 0.0, 0.0] for k, b in enumerate(moved) if len(b)], np.float32)
+            if len(extra):
+                crops = np.concatenate([crops, task.crops(pasted, extra)])
+                picked = np.concatenate([picked, extra])
+                labels = np.concatenate([labels, np.ones(len(extra), np.int64)])
         if progress:
             progress(len(items))
         return LabeledArrays(crops, labels[:, None].astype(np.float32), labels.astype(int),
