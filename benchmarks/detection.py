@@ -41,6 +41,7 @@ from medinfer.progress import progress_bar
 from medinfer.runtime import EngineOptions
 from medinfer.runtime.bench import machine_info, versions
 from medinfer.tasks import Detection, task_for
+from medinfer.tasks.detection import SCORE
 from medinfer.variants import get_kind
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,7 +116,7 @@ def accuracy(task: Detection, steps: dict[str, object], data: Path) -> dict[str,
     for name, engine in steps.items():
         rows = task.engine_outputs(engine, val)
         metrics = task.metrics(rows, val, n_boot=1000)
-        same = [boxes_agree(SliceDetections(a[:, 1:5], a[:, 6]), SliceDetections(b[:, 1:5], b[:, 6]))
+        same = [boxes_agree(SliceDetections(a[:, 1:5], a[:, SCORE]), SliceDetections(b[:, 1:5], b[:, SCORE]))
                 for a, b in zip(ref, rows)]
         out[name] = {**metrics, "slices_same_boxes": sum(r == "" for r in same), "slices": len(same),
                      "first_difference": next((r for r in same if r), "")}

@@ -241,8 +241,10 @@ class DetectionSpec(BaseModel):
         stage2: sub-folder holding the second-stage classifier artifact ("": one stage).
         crop_size: side of the square candidate crop the classifier takes (input pixels).
         crop_context: crop side / the candidate's longer side (context around the box).
-        min_score: detections whose final score (the geometric mean of both stages'
-            probabilities) is below this are not reported.
+        stage2_weight: how much the classifier counts in the final score
+            ``p1 ** (1 - w) * p2 ** w`` (0.5: the geometric mean; 0: stage 1 alone ranks, the
+            classifier's probability is only reported; 1: the classifier alone).
+        min_score: detections whose final score is below this are not reported.
     """
 
     score_thresh: float = 0.05
@@ -252,6 +254,7 @@ class DetectionSpec(BaseModel):
     stage2: str = ""
     crop_size: int = 32
     crop_context: float = 1.5
+    stage2_weight: float = Field(0.5, ge=0.0, le=1.0)
     min_score: float = 0.05
 
 

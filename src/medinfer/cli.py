@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import click
 import typer
+from rich.markup import escape
 from rich.console import Console
 from typer.core import TyperGroup
 from rich.logging import RichHandler
@@ -27,7 +28,7 @@ class _Commands(TyperGroup):
         try:
             return super().invoke(ctx)
         except MedinferError as exc:
-            console.print(f"[red]error:[/red] {exc}")
+            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # one line
             raise typer.Exit(code=2) from exc
 
 
@@ -146,13 +147,15 @@ def predict(
     backend: BackendOpt = None,
     precision: PrecisionOpt = None,
     threads: int = 2,
+    dicom: Annotated[bool, typer.Option(help="DICOM inputs: also write the DICOM results (SEG / SR with regions / Secondary Capture) the service sends to a PACS.")] = False,
 ) -> None:
-    """Run a model on files: masks + overlays (2D), NIfTI masks (3D) or finding scores (JSON)."""
+    """Run a model on files or DICOM series folders: masks + overlays (2D), NIfTI masks (3D),
+    finding scores or lesion boxes (JSON)."""
     from medinfer.apps.predict import predict_files
     from medinfer.runtime import EngineOptions
 
     written = predict_files(_load_artifact(model), inputs, out, backend, precision,
-                            EngineOptions(threads=threads))
+                            EngineOptions(threads=threads), dicom=dicom)
     console.print(f"wrote results for {len(written)} of {len(inputs)} inputs to {out}")
     if len(written) < len(inputs):
         raise typer.Exit(code=1)

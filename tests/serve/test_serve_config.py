@@ -28,7 +28,7 @@ def test_example_config_routes_the_shipped_models() -> None:
     assert route_series(cfg.routes, series("DX", "HAND")) is None
     assert route_series(cfg.routes, series("ES"))[1].endswith("polyp-resunet")
     assert route_series(cfg.routes, series("XC", fmt="jpeg"))[0] == "endoscopy"
-    assert route_series(cfg.routes, series("CT")) is None
+    assert route_series(cfg.routes, series("CT"))[0] == "chest-ct-lesions"  # a plain (not temporal) CT
 
 
 @pytest.mark.parametrize("text, message", [

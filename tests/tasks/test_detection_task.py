@@ -20,7 +20,7 @@ from medinfer.models.detection import AnchorSpec, DetectorGeometry
 from medinfer.optimize.pipeline import build_variants
 from medinfer.runtime import EngineOptions
 from medinfer.tasks import Detection, GateLimits, StagedEngine, task_for
-from medinfer.tasks.detection import crop_boxes
+from medinfer.tasks.detection import SCORE, crop_boxes
 from medinfer.train.detect import augment, paste_lesions
 from medinfer.variants import get_kind
 
@@ -148,5 +148,22 @@ def test_exported_fp32_networks_give_pytorchs_boxes(detector: tuple[ModelArtifac
     assert sum(len(r) for r in ref) > 0
     for name in ("onnxruntime-fp32", "openvino-fp32"):
         for k, (a, b) in enumerate(zip(ref, results[name])):
-            reason = boxes_agree(SliceDetections(a[:, 1:5], a[:, 6]), SliceDetections(b[:, 1:5], b[:, 6]))
+            reason = boxes_agree(SliceDetections(a[:, 1:5], a[:, SCORE]), SliceDetections(b[:, 1:5], b[:, SCORE]))
             assert reason == "", f"{name} slice {k}: {reason}"
+
+
+def test_selection_outside_the_graph_is_monais() -> None:
+    from monai.apps.detection.utils.box_coder import BoxCoder
+    from monai.apps.detection.utils.box_selector import BoxSelector
+
+    geometry = DetectorGeometry(AnchorSpec(), (64, 64), score_thresh=0.05, nms_thresh=0.3, topk=100, detections=20)
+    monai_way = BoxSelector(score_thresh=0.05, topk_candidates_per_level=100, nms_thresh=0.3,
+                            detections_per_img=20, apply_sigmoid=True)
+    torch.manual_seed(0)
+    for _ in range(10):
+        output = torch.randn(len(geometry.anchors), 5) * 2 - 2
+        boxes, scores = geometry.decode(output)
+        decoded = BoxCoder(weights=(1.0,) * 4).decode_single(output[:, 1:], geometry.anchors)
+        ref_boxes, ref_scores, _ = monai_way.select_boxes_per_image([decoded], [output[:, :1]], (64, 64))
+        assert len(boxes) > 1 and torch.equal(boxes, ref_boxes)
+        assert torch.allclose(scores, ref_scores, atol=1e-6)

@@ -57,13 +57,23 @@ def prepare_slices(volume: np.ndarray, spec: Preprocessing) -> np.ndarray:
     """The 2.5D network inputs of every slice of a (rows, cols, slices) volume: slice k with
     its neighbours ``k - c .. k + c`` as channels (``spec.channels = 2c + 1``; the first and
     last slices repeat themselves), each windowed by ``spec.window``, scaled by ``spec``
-    and resized to ``spec.size``. Returns (slices, channels, *size) float32."""
-    x = np.moveaxis(np.asarray(volume, np.float32), -1, 0)  # (slices, rows, cols)
+    and resized to ``spec.size``. Returns (slices, channels, *size) float32.
+
+    Works in the volume's own memory order (slices last) until the slices are small: a
+    resize to exactly half is the mean of 2x2 pixels (what bilinear interpolation gives
+    there), and the intensity scaling, being linear, runs after the resize."""
+    x = np.asarray(volume, np.float32)
     if spec.window is not None:
         x = np.clip(x, spec.window[0], spec.window[1])
-    x = (x * spec.scale - spec.mean[0]) / spec.std[0]
-    if x.shape[1:] != tuple(spec.size):
-        x = resize_image(x, tuple(spec.size))
+    (h, w), size = x.shape[:2], tuple(spec.size)
+    if (h, w) == (2 * size[0], 2 * size[1]):
+        x = x.reshape(size[0], 2, size[1], 2, -1).mean(axis=(1, 3), dtype=np.float32)
+        x = np.moveaxis(x, -1, 0)
+    else:
+        x = np.moveaxis(x, -1, 0)
+        if (h, w) != size:
+            x = resize_image(x, size)
+    x = (x * np.float32(spec.scale) - np.float32(spec.mean[0])) / np.float32(spec.std[0])
     c = spec.channels // 2
     index = np.clip(np.arange(len(x))[:, None] + np.arange(-c, c + 1)[None, :], 0, len(x) - 1)
     return np.ascontiguousarray(x[index], np.float32)

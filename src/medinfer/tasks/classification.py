@@ -90,9 +90,9 @@ class Classification(PictureTask):
                     options: WriteOptions) -> list[WrittenFile]:
         """Comprehensive SR of the findings and a Secondary Capture of the picture."""
         name = self.art.root.name
-        path, uid = write_sr(image.instances, pred.scores, pred.thresholds, out_dir / "sr.dcm", name,
+        path, uid = write_sr(image.instances, pred.scores, pred.thresholds, out_dir / options.name("sr.dcm"), name,
                              pred.variant)
         files = [WrittenFile("sr", path, "application/dicom", uid)]
         picture, _ = overlay_slice(image.array, np.zeros(image.spatial_shape, np.uint8))
-        path, uid = write_sc(image.instances[0], picture, out_dir / "sc.dcm", name)
+        path, uid = write_sc(image.instances[0], picture, out_dir / options.name("sc.dcm"), name)
         return files + [WrittenFile("sc", path, "application/dicom", uid)]

@@ -34,9 +34,11 @@ from medinfer.runtime import Engine, EngineOptions, open_engine
 from medinfer.tasks.base import Example, GateLimits, Infer, Prediction, Task, WriteOptions, WrittenFile
 from medinfer.variants import get_kind
 
-COLUMNS = ("slice", "a0", "b0", "a1", "b1", "stage1", "score")
+COLUMNS = ("slice", "a0", "b0", "a1", "b1", "stage1", "stage2", "score")
 """Columns of a detection row: the slice, the box in network-input pixels (MONAI order: a =
-row, b = column), the stage-1 probability and the final score."""
+row, b = column), both stages' probabilities (stage 2 NaN when it did not run) and the
+final score."""
+STAGE1, STAGE2, SCORE = 5, 6, 7
 
 
 class StagedEngine(Engine):
@@ -225,7 +227,7 @@ class Detection(Task):
 
     def detect(self, stage1: Infer, stage2: Infer | None, x: np.ndarray,
                many: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None) -> np.ndarray:
-        """Both stages on prepared slices ``x``: detection rows (n, 7) (:data:`COLUMNS`).
+        """Both stages on prepared slices ``x``: detection rows (n, 8) (:data:`COLUMNS`).
 
         ``many`` runs stage 1 on all the slice batches at once (an engine's ``infer_many``:
         several requests in flight); without it the batches run one after another."""
@@ -236,14 +238,17 @@ class Detection(Task):
             for j, o in enumerate(torch.from_numpy(np.asarray(out))):
                 boxes, scores = self.geometry.decode(o)
                 k = torch.full((len(boxes), 1), float(i + j))
-                rows.append(torch.cat([k, boxes, scores[:, None], scores[:, None]], 1).numpy())
+                nan = torch.full_like(k, float("nan"))
+                rows.append(torch.cat([k, boxes, scores[:, None], nan, scores[:, None]], 1).numpy())
         found = np.concatenate(rows) if rows else np.zeros((0, len(COLUMNS)), np.float32)
         if stage2 is not None and len(found):
             crops = self.crops(x, found)
             p2 = np.concatenate([1 / (1 + np.exp(-np.asarray(stage2(crops[i:i + 64]), np.float64)[:, 0]))
                                  for i in range(0, len(crops), 64)])
-            found[:, 6] = np.sqrt(found[:, 5] * p2)
-        return found[found[:, 6] >= self.settings.min_score].astype(np.float32)
+            w = self.settings.stage2_weight
+            found[:, STAGE2] = p2
+            found[:, SCORE] = found[:, STAGE1] ** (1 - w) * p2 ** w
+        return found[found[:, SCORE] >= self.settings.min_score].astype(np.float32)
 
     def crops(self, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Stage-2 inputs (n, C, s, s) for detection ``rows`` on slices ``x``."""
@@ -264,10 +269,12 @@ class Detection(Task):
         rows, cols = image.spatial_shape[:2]
         sa, sb = rows / self.spec.size[0], cols / self.spec.size[1]
         found = []
-        for k, a0, b0, a1, b1, p1, score in outputs.tolist():
+        for k, a0, b0, a1, b1, p1, p2, score in outputs.tolist():
             k = int(k)
             box = [round(b0 * sb, 2), round(a0 * sa, 2), round(b1 * sb, 2), round(a1 * sa, 2)]
             item: dict[str, Any] = {"slice": k, "box": box, "score": round(score, 5), "stage1": round(p1, 5)}
+            if np.isfinite(p2):
+                item["stage2"] = round(p2, 5)
             if image.instances and k < len(image.instances):
                 item["sop_instance_uid"] = str(getattr(image.instances[k], "SOPInstanceUID", ""))
             found.append(item)
@@ -292,7 +299,7 @@ class Detection(Task):
         """Rows of one slice -> boxes (x0, y0, x1, y1) in the slice's own pixels."""
         sa, sb = scale
         boxes = rows[:, [2, 1, 4, 3]] * np.array([sb, sa, sb, sa], np.float32)
-        return SliceDetections(boxes.astype(np.float32), rows[:, 6].astype(np.float32))
+        return SliceDetections(boxes.astype(np.float32), rows[:, SCORE].astype(np.float32))
 
     def metrics(self, outputs: list[np.ndarray], data: DetectionSet, n_boot: int = 0) -> dict[str, Any]:
         """FROC sensitivities at 1/2/4 false positives per slice and AP at IoU 0.1 over the
@@ -300,7 +307,8 @@ class Detection(Task):
         preds = [self.slice_detections(o, s) for o, s in zip(outputs, data.scales)]
         out = detection_scores(preds, [SliceTruth(t) for t in data.truths], iou=0.1, n_boot=n_boot)
         out["patients"] = len(set(data.patients))
-        return out
+        # counts as floats, like the other tasks' ``n`` (variant records keep float metrics)
+        return {k: float(v) if isinstance(v, int) else v for k, v in out.items()}
 
     def gate(self, ref: dict[str, float], cand: dict[str, float], limits: GateLimits) -> str:
         """AP@0.1 and the sensitivity at 2 false positives per slice, each within ``max_drop``."""
@@ -334,12 +342,12 @@ class Detection(Task):
         """Comprehensive SR (one planar region per detection, on its source instance) and a
         Secondary Capture of the overlay."""
         name = self.art.root.name
-        path, uid = write_detection_sr(image.instances, self.findings(pred), out_dir / "sr.dcm", name,
+        path, uid = write_detection_sr(image.instances, self.findings(pred), out_dir / options.name("sr.dcm"), name,
                                        pred.variant)
         files = [WrittenFile("sr", path, "application/dicom", uid)]
         k = pred.extra["detections"][0]["slice"] if pred.extra["detections"] else len(image.instances) // 2
         path, uid = write_sc(image.instances[min(k, len(image.instances) - 1)], self.overlay(pred, image),
-                             out_dir / "sc.dcm", name)
+                             out_dir / options.name("sc.dcm"), name)
         return files + [WrittenFile("sc", path, "application/dicom", uid)]
 
     def examples(self, data: DetectionSet, outputs: dict[str, list[np.ndarray]], n: int) -> list[Example]:

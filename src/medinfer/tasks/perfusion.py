@@ -244,17 +244,17 @@ class Perfusion(Task):
         name, version = self.art.root.name, pred.variant or "perfusion"
         files = []
         for q in _MAP_FILES:
-            path, uid = write_parametric_map(image.instances, maps.get(q), out_dir / f"pm_{q}.dcm",
+            path, uid = write_parametric_map(image.instances, maps.get(q), out_dir / options.name(f"pm_{q}.dcm"),
                                              quantity=q, algorithm=name, version=version)
             files.append(WrittenFile("pm", path, "application/dicom", uid))
         if pred.mask is not None and pred.mask.any():
-            path, uid = write_seg(image.instances, pred.mask, pred.segments, out_dir / "seg.dcm", name, version,
+            path, uid = write_seg(image.instances, pred.mask, pred.segments, out_dir / options.name("seg.dcm"), name, version,
                                   labelmap=options.labelmap)
             files.append(WrittenFile("seg", path, "application/dicom", uid))
-        path, uid = write_measurements_sr(image.instances, sr_groups(les, self.config), out_dir / "sr.dcm",
+        path, uid = write_measurements_sr(image.instances, sr_groups(les, self.config), out_dir / options.name("sr.dcm"),
                                           name, version)
         files.append(WrittenFile("sr", path, "application/dicom", uid))
-        path, uid = write_sc(image.instances[0], summary_page(maps, les), out_dir / "sc.dcm", name)
+        path, uid = write_sc(image.instances[0], summary_page(maps, les), out_dir / options.name("sc.dcm"), name)
         files.append(WrittenFile("sc", path, "application/dicom", uid))
         return files
 

@@ -133,12 +133,12 @@ class SegmentationTask(Task):
         files = []
         name = self.art.root.name
         if pred.segments and pred.mask.any():
-            path, uid = write_seg(image.instances, pred.mask, pred.segments, out_dir / "seg.dcm", name,
+            path, uid = write_seg(image.instances, pred.mask, pred.segments, out_dir / options.name("seg.dcm"), name,
                                   pred.variant, labelmap=options.labelmap)
             files.append(WrittenFile("seg", path, "application/dicom", uid))
         picture, k = overlay_slice(image.array, pred.mask)
         ref = image.instances[k] if len(image.instances) > k else image.instances[0]
-        path, uid = write_sc(ref, picture, out_dir / "sc.dcm", name)
+        path, uid = write_sc(ref, picture, out_dir / options.name("sc.dcm"), name)
         files.append(WrittenFile("sc", path, "application/dicom", uid))
         return files
 

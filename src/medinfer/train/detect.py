@@ -215,7 +215,7 @@ class CandidateRecipe(ClassificationRecipe):
         if self.detect_cfg.paste_prob > 0:  # the lesions again, pasted into other surroundings
             pasted = data.images.copy()
             moved = paste_lesions(pasted, [np.zeros((0, 4), np.float32)] * len(pasted), data, truths, rng, 1.0)
-            extra = np.array([[k, *b[-1], 0.0, 0.0] for k, b in enumerate(moved) if len(b)], np.float32)
+            extra = np.array([[k, *b[-1], 0.0, 0.0, 0.0] for k, b in enumerate(moved) if len(b)], np.float32)
             if len(extra):
                 crops = np.concatenate([crops, task.crops(pasted, extra)])
                 picked = np.concatenate([picked, extra])
@@ -234,7 +234,7 @@ def mine(rows: np.ndarray, truths: list[np.ndarray], size: tuple[int, int], cfg:
 
     def add(k: int, boxes: np.ndarray, label: int) -> None:
         for b in boxes:
-            out.append([k, *b, 0.0, 0.0])
+            out.append([k, *b, 0.0, 0.0, 0.0])
             labels.append(label)
 
     for k, truth in enumerate(truths):
