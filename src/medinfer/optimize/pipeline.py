@@ -117,6 +117,12 @@ def optimize(art: ModelArtifact, cfg: OptimizeConfig,
     for part, part_calib in task.parts(calib):
         step(f"variants of {part.root.name} ({len(part_calib)} calibration inputs)")
         build_variants(part, part_calib, step)
+        for kind in kinds(optimized=True):  # its files, so keep_variants prunes them too
+            if not kind.needs_tuning_data:
+                record = VariantRecord.of(kind)
+                record.size_mb = part.variant_size_mb(record)
+                part.upsert_variant(record)
+        part.save()
     names = [k.name for k in kinds(optimized=True) if cfg.tune is not None or not k.needs_tuning_data]
     float_layers: list[str] = []
     if cfg.tune is not None:
