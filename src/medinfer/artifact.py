@@ -49,7 +49,8 @@ class VariantRecord(BaseModel):
         path: file relative to the artifact folder ("" for the torch weights).
         metrics: validation metrics of this variant (the task's: dice/iou or mean_auc/auc/<class>, n).
         passed: whether it kept the metric within the gate.
-        latency_ms: batch-16 median latency measured by the optimizer (None if not measured).
+        latency_ms: batch-16 median latency measured by the optimizer (None if not measured): the
+            network call, or what the task times (:meth:`~medinfer.tasks.Task.latency_call`).
         size_mb: size of the variant's files on disk.
         ops: compute operators by arithmetic, ``{"int8": {op: n}, "float": {op: n}}``.
         reason: why the gate rejected it (empty when passed).

@@ -32,7 +32,12 @@ def _small_net(name: str, in_channels: int = 3, out_channels: int = 1) -> torch.
 def _out_shape(name: str, x: torch.Tensor) -> tuple[int, ...]:
     """Logits shape for one output channel: per pixel for segmentation, per image otherwise."""
     n = x.shape[0]
-    return (n, 1, *x.shape[2:]) if get_entry(name).task == "segmentation" else (n, 1)
+    task = get_entry(name).task
+    if task == "detection":  # one row per anchor: the class logit and 4 box deltas
+        from medinfer.models.detection import AnchorSpec, DetectorGeometry
+
+        return (n, len(DetectorGeometry(AnchorSpec(), x.shape[2:]).anchors), 5)
+    return (n, 1, *x.shape[2:]) if task == "segmentation" else (n, 1)
 
 
 def _input(name: str, batch: int, channels: int = 3) -> torch.Tensor:

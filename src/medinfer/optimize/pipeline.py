@@ -75,7 +75,8 @@ def check_variant(art: ModelArtifact, name: str, task: Task, val: Any, cfg: Opti
     engine = task.open_variant(rec, cfg.options)
     try:
         rec.metrics = {k: v for k, v in task.score(engine, val).items() if isinstance(v, float)}
-        rec.latency_ms = float(np.median(timed_runs(engine.infer, task.latency_batch(val), 1, cfg.latency_runs)))
+        rec.latency_ms = float(np.median(timed_runs(task.latency_call(engine), task.latency_batch(val), 1,
+                                                    cfg.latency_runs)))
     finally:
         engine.close()
     rec.size_mb = art.variant_size_mb(rec)

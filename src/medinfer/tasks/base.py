@@ -233,6 +233,12 @@ class Task(ABC):
         """A representative network batch for quick latency checks."""
         return data.images[np.arange(16) % len(data)]
 
+    def latency_call(self, engine: Engine) -> Callable[[np.ndarray], Any]:
+        """What the optimizer times on :meth:`latency_batch` to rank variants: the network
+        call; a task whose own steps depend on the variant (a second network fed by the
+        first one's output) times them all."""
+        return engine.infer
+
     # -- one image -------------------------------------------------------------------
     def check_image(self, image: Image) -> None:
         """Raise InputError naming ``image.source`` when the model cannot take it."""
