@@ -245,7 +245,10 @@ class DetectionSpec(BaseModel):
         stage2_weight: how much the classifier counts in the final score
             ``p1 ** (1 - w) * p2 ** w`` (0.5: the geometric mean; 0: stage 1 alone ranks, the
             classifier's probability is only reported; 1: the classifier alone).
-        min_score: detections whose final score is below this are not reported.
+        min_score: detections whose final score is below this are dropped (the JSON lists the
+            rest: what FROC analysis needs).
+        report_score: detections at or above this go into the DICOM SR and the overlay (what
+            a reader sees).
     """
 
     score_thresh: float = 0.05
@@ -257,6 +260,7 @@ class DetectionSpec(BaseModel):
     crop_context: float = 1.5
     stage2_weight: float = Field(0.5, ge=0.0, le=1.0)
     min_score: float = 0.05
+    report_score: float = 0.5
 
 
 class ArtifactSpec(BaseModel):

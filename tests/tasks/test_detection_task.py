@@ -167,3 +167,14 @@ def test_selection_outside_the_graph_is_monais() -> None:
         ref_boxes, ref_scores, _ = monai_way.select_boxes_per_image([decoded], [output[:, :1]], (64, 64))
         assert len(boxes) > 1 and torch.equal(boxes, ref_boxes)
         assert torch.allclose(scores, ref_scores, atol=1e-6)
+
+
+def test_only_confident_boxes_reach_the_reader(detector: tuple[ModelArtifact, Path]) -> None:
+    from medinfer.tasks import Prediction
+
+    task = task_for(detector[0])
+    task.settings = task.settings.model_copy(update={"report_score": 0.5})
+    found = [{"slice": 0, "box": [1.0, 1.0, 9.0, 9.0], "score": 0.9},
+             {"slice": 0, "box": [20.0, 20.0, 30.0, 30.0], "score": 0.2}]
+    pred = Prediction("detection", extra={"detections": found})
+    assert [f.score for f in task.findings(pred)] == [0.9]  # the SR's regions

@@ -323,15 +323,20 @@ class Detection(Task):
         return ""
 
     # -- results -----------------------------------------------------------------------
+    def reported(self, pred: Prediction) -> list[dict[str, Any]]:
+        """The detections a reader sees (SR regions, overlay): score >= ``report_score``; the
+        JSON keeps every candidate above ``min_score`` (what FROC analysis needs)."""
+        return [d for d in pred.extra["detections"] if d["score"] >= self.settings.report_score]
+
     def findings(self, pred: Prediction) -> list[RegionFinding]:
-        return [RegionFinding(d["slice"], tuple(d["box"]), d["score"]) for d in pred.extra["detections"]]
+        return [RegionFinding(d["slice"], tuple(d["box"]), d["score"]) for d in self.reported(pred)]
 
     def overlay(self, pred: Prediction, image: Image) -> np.ndarray:
-        """The slice of the best detection (the middle slice when none) with every box on it."""
+        """The slice of the best detection (the middle slice when none) with its reported boxes."""
         found = pred.extra["detections"]
         volume = slice_volume(image)
         k = found[0]["slice"] if found else volume.shape[-1] // 2
-        on = [d for d in found if d["slice"] == k]
+        on = [d for d in self.reported(pred) if d["slice"] == k]
         return detection_overlay(volume[..., k], [d["box"] for d in on], [d["score"] for d in on])
 
     def write_files(self, pred: Prediction, image: Image, out_dir: Path,
