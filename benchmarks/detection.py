@@ -95,6 +95,33 @@ def speed(task: Detection, steps: dict[str, object], series: Image, rounds: int)
             "speedup_vs_eager": {n: ref / m["total"] for n, m in med.items()}, "rounds": per_series}
 
 
+def stages(task: Detection, steps: dict[str, object], series: Image, rounds: int) -> dict[str, dict[str, float]]:
+    """Median seconds per 64-slice series of each step's parts: preparation, the stage-1
+    network alone (what the seed's speed-up is about), decoding + NMS, crops, the stage-2 network."""
+    x = task.prepare(series)
+    times: dict[str, dict[str, list[float]]] = {n: {} for n in steps}
+    for _ in range(rounds):
+        for name, engine in steps.items():
+            t = [time.perf_counter()]
+            task.prepare(series)
+            t.append(time.perf_counter())
+            outs = engine.infer_many([x[i:i + task.batch] for i in range(0, len(x), task.batch)])
+            t.append(time.perf_counter())
+            rows = task.detect(engine.infer, None, x, lambda _: outs)
+            t.append(time.perf_counter())
+            crops = task.crops(x, rows)
+            t.append(time.perf_counter())
+            [engine.classifier.infer(crops[i:i + 64]) for i in range(0, len(crops), 64)]
+            t.append(time.perf_counter())
+            for key, a, b in zip(("prepare", "stage1_network", "decode_nms", "crops", "stage2_network"), t, t[1:]):
+                times[name].setdefault(key, []).append(b - a)
+    out = {n: {k: statistics.median(v) for k, v in parts.items()} for n, parts in times.items()}
+    ref = out["torch-fp32"]["stage1_network"]
+    for parts in out.values():
+        parts["stage1_speedup_vs_eager"] = ref / parts["stage1_network"]
+    return out
+
+
 def reading(data: Path, repeats: int) -> dict[str, float]:
     """Seconds to read the largest real series (files sorted, decoded, rescaled)."""
     folder = max((s.image.source for s in load_detection_folder(data)), key=lambda p: len(list(p.iterdir())))
@@ -145,7 +172,8 @@ def main() -> None:
         "versions": versions(), "model": str(args.model), "chosen": art.spec.chosen,
         "series": {"slices": args.slices, "shape": list(series.array.shape[1:]),
                    "note": "46 real slices stacked and repeated to the series length"},
-        "speed": speed(task, steps, series, args.rounds), "reading": reading(args.data, 3),
+        "speed": speed(task, steps, series, args.rounds), "stages": stages(task, steps, series, args.rounds),
+        "reading": reading(args.data, 3),
         "accuracy": {"patient": args.test, "note": "ONE held-out patient (leave-one-patient-out of 2)",
                      "variants": accuracy(task, steps, args.data / args.test)},
     }
@@ -161,6 +189,8 @@ def main() -> None:
               f"{s['slice_ms'][name]:.1f} | {a['ap@0.1']:.3f} | {a['sensitivity@2fp']:.3f} | "
               f"{a['slices_same_boxes']}/{a['slices']} |")
     print(f"reading: {result['reading']}")
+    for name, parts in result["stages"].items():
+        print(name, {k: round(v, 4) for k, v in parts.items()})
 
 
 if __name__ == "__main__":
