@@ -20,7 +20,7 @@ the type checks see a stand-in class when torchvision is absent (training uses M
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -96,6 +96,14 @@ class AnchorSpec:
     shapes: tuple[tuple[int, int], ...] = ((24, 24), (32, 40), (40, 32))
     returned_layers: tuple[int, ...] = (2, 3)
 
+    @classmethod
+    def of(cls, arch_kwargs: Mapping[str, object]) -> AnchorSpec:
+        """The anchors of a network built with ``arch_kwargs`` (``anchors``, ``returned_layers``)."""
+        shapes = arch_kwargs.get("anchors", cls.shapes)
+        layers = arch_kwargs.get("returned_layers", cls.returned_layers)
+        return cls(tuple(tuple(int(v) for v in a) for a in shapes),  # type: ignore[union-attr]
+                   tuple(int(k) for k in layers))  # type: ignore[union-attr]
+
     @property
     def strides(self) -> tuple[int, ...]:
         """Stride of every level, the pooled one included."""
@@ -125,8 +133,7 @@ class Detector2D(nn.Module):
                  blocks: int = 1, anchors: Sequence[Sequence[int]] = AnchorSpec.shapes,
                  returned_layers: Sequence[int] = AnchorSpec.returned_layers) -> None:
         super().__init__()
-        self.anchor_spec = AnchorSpec(tuple(tuple(int(v) for v in a) for a in anchors),
-                                      tuple(int(k) for k in returned_layers))
+        self.anchor_spec = AnchorSpec.of({"anchors": anchors, "returned_layers": returned_layers})
         features = ResNetFPN(_resnet(in_channels, width, blocks), self.anchor_spec.returned_layers,
                              width, fpn_channels)
         self.num_classes = out_channels

@@ -32,6 +32,7 @@ from medinfer.metrics.detection import SliceDetections, SliceTruth, detection_sc
 from medinfer.models.detection import AnchorSpec, DetectorGeometry
 from medinfer.runtime import Engine, EngineOptions, open_engine
 from medinfer.tasks.base import Example, GateLimits, Infer, Prediction, Task, WriteOptions, WrittenFile
+from medinfer.tasks.classification import sigmoid
 from medinfer.variants import get_kind
 
 COLUMNS = ("slice", "a0", "b0", "a1", "b1", "stage1", "stage2", "score")
@@ -150,10 +151,7 @@ class Detection(Task):
     def __init__(self, art: ModelArtifact) -> None:
         super().__init__(art)
         self.settings = art.spec.detection or DetectionSpec()
-        kwargs = art.spec.arch_kwargs
-        spec = AnchorSpec()
-        self.anchors = AnchorSpec(tuple(tuple(int(v) for v in a) for a in kwargs.get("anchors", spec.shapes)),  # type: ignore[union-attr]
-                                  tuple(int(k) for k in kwargs.get("returned_layers", spec.returned_layers)))  # type: ignore[union-attr]
+        self.anchors = AnchorSpec.of(art.spec.arch_kwargs)
         s = self.settings
         self.geometry = DetectorGeometry(self.anchors, self.spec.size, art.spec.out_channels, s.score_thresh,
                                          s.nms_iou, s.topk, s.max_per_slice)
@@ -247,8 +245,7 @@ class Detection(Task):
         found = np.concatenate(rows) if rows else np.zeros((0, len(COLUMNS)), np.float32)
         if stage2 is not None and len(found):
             crops = self.crops(x, found)
-            p2 = np.concatenate([1 / (1 + np.exp(-np.asarray(stage2(crops[i:i + 64]), np.float64)[:, 0]))
-                                 for i in range(0, len(crops), 64)])
+            p2 = np.concatenate([sigmoid(stage2(crops[i:i + 64]))[:, 0] for i in range(0, len(crops), 64)])
             w = self.settings.stage2_weight
             found[:, STAGE2] = p2
             found[:, SCORE] = found[:, STAGE1] ** (1 - w) * p2 ** w

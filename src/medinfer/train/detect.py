@@ -46,12 +46,6 @@ def series_split(cfg: DetectConfig) -> Split:
                                              val=[s.name for s in val], test=[s.name for s in test]))
 
 
-def anchor_spec(cfg: DetectConfig) -> AnchorSpec:
-    kwargs, default = cfg.arch_kwargs, AnchorSpec()
-    return AnchorSpec(tuple(tuple(a) for a in kwargs.get("anchors", default.shapes)),
-                      tuple(kwargs.get("returned_layers", default.returned_layers)))
-
-
 LUNG_LEVEL = 0.3
 """Normalized intensity (``(HU + 1000) / 1400``) below which a pixel counts as lung (-580 HU)."""
 
@@ -144,7 +138,7 @@ class DetectionRecipe(Recipe[DetectConfig]):
         return data
 
     def loss(self, cfg: DetectConfig, train: DetectionSet) -> torch.nn.Module:
-        return DetectionLoss(DetectorGeometry(anchor_spec(cfg), cfg.preprocessing.size))
+        return DetectionLoss(DetectorGeometry(AnchorSpec.of(cfg.arch_kwargs), cfg.preprocessing.size))
 
     def epoch_samples(self, cfg: DetectConfig, train: DetectionSet) -> int:
         return cfg.samples_per_epoch
