@@ -178,3 +178,22 @@ def test_only_confident_boxes_reach_the_reader(detector: tuple[ModelArtifact, Pa
              {"slice": 0, "box": [20.0, 20.0, 30.0, 30.0], "score": 0.2}]
     pred = Prediction("detection", extra={"detections": found})
     assert [f.score for f in task.findings(pred)] == [0.9]  # the SR's regions
+
+
+@pytest.mark.parametrize("size", [(8, 8), (6, 6), (16, 16)])  # exactly half, any size, none
+def test_2p5d_inputs_are_windowed_neighbours_resized_like_monai(size: tuple[int, int]) -> None:
+    from medinfer.data.preprocess import prepare_slices, resize_image
+    from medinfer.data.spec import Preprocessing
+
+    rng = np.random.default_rng(0)
+    volume = rng.uniform(-1500, 1500, (16, 16, 5)).astype(np.float32)  # rows, cols, slices
+    spec = Preprocessing(size=size, scale=1 / 1400, mean=(-1000 / 1400,) * 3, std=(1.0,) * 3, channels=3,
+                         window=(-1000.0, 400.0))
+    x = prepare_slices(volume, spec)
+    assert x.shape == (5, 3, *size) and x.dtype == np.float32
+    planes = (np.clip(np.moveaxis(volume, -1, 0), -1000, 400) + 1000) / 1400
+    expected = resize_image(planes, size) if size != (16, 16) else planes
+    assert np.allclose(x[:, 1], expected, atol=1e-6)  # the slice itself in the middle channel
+    assert np.allclose(x[2, 0], expected[1], atol=1e-6) and np.allclose(x[2, 2], expected[3], atol=1e-6)
+    assert np.allclose(x[0, 0], expected[0], atol=1e-6) and np.allclose(x[4, 2], expected[4], atol=1e-6)
+    assert x.min() >= -1e-6 and x.max() <= 1 + 1e-6  # windowed to [-1000, 400] HU
