@@ -275,3 +275,19 @@ def test_a_20k_slide_keeps_memory_bounded(cric: Path, tmp_path: Path) -> None:
     assert got["rss"] < 300e6 and got["traced"] < 300e6, got
     with openslide.OpenSlide(tmp_path / "big.tif") as o:
         assert o.level_dimensions[0] == (20000, 20000) and o.level_count == 7
+
+
+def test_tiles_are_labelled_by_the_abnormal_cells_they_hold() -> None:
+    from medinfer.data.mosaic import CellRecord, SlideTruth
+    from medinfer.data.slide_tiles import tile_counts
+
+    cells = (CellRecord("a.png", "HSIL", 100.0, 100.0, 90, 90), CellRecord("b.png", "NILM", 700.0, 100.0, 90, 90),
+             CellRecord("c.png", "LSIL", 600.0, 700.0, 90, 90), CellRecord("d.png", "SCC", 512.0, 10.0, 90, 90))
+    truth = SlideTruth(Path("s.tif"), (1024, 1024), 0.25, 1, "SCC", cells, 0, 0)
+    assert truth.centres().tolist() == [[100.0, 100.0], [600.0, 700.0], [512.0, 10.0]]
+    grid = [(0, 0), (512, 0), (0, 512), (512, 512)]
+    assert tile_counts(truth.centres(), grid, 512).tolist() == [1, 1, 0, 1]  # NILM not counted
+    overlapping = [(0, 0), (256, 0), (512, 0)]  # stride 256: a point can be in two tiles
+    assert tile_counts(truth.centres(), overlapping, 512).tolist() == [1, 1, 1]
+    assert tile_counts(truth.centres(), grid, 256, downsample=2.0).tolist() == [1, 1, 0, 1]
+    assert tile_counts(np.zeros((0, 2)), grid, 512).tolist() == [0, 0, 0, 0]

@@ -178,6 +178,12 @@ class SlideTruth:
     rule: str = RULE
     config: Mapping[str, object] = field(default_factory=dict)
 
+    def centres(self, classes: Sequence[str] = ABNORMAL) -> np.ndarray:
+        """Level-0 ``(x, y)`` of the cells of ``classes`` (the abnormal ones by default): with
+        :func:`medinfer.data.slide_tiles.tile_counts`, the tiles' training labels."""
+        wanted = set(classes)
+        return np.array([(c.x, c.y) for c in self.cells if c.cls in wanted], np.float64).reshape(-1, 2)
+
 
 # --- crops -------------------------------------------------------------------------------
 

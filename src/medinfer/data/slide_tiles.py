@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from medinfer.io.slides import Slide
 
-__all__ = ["iter_tiles", "tile_grid", "tissue_mask"]
+__all__ = ["iter_tiles", "tile_counts", "tile_grid", "tissue_mask"]
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -156,3 +156,24 @@ def _read_batch(slide: Slide, chunk: list[tuple[int, int]], tile: int, level: in
     for i, (x, y) in enumerate(chunk):
         out[i] = slide.read_region(level, x, y, tile, tile)
     return out
+
+
+def tile_counts(points: np.ndarray, positions: Iterable[tuple[int, int]], tile: int,
+                downsample: float = 1.0) -> np.ndarray:
+    """How many of ``points`` (level-0 ``(x, y)``, e.g. the centres of abnormal cells) fall in
+    each tile of ``positions`` (level-0 corners from :func:`tile_grid`; a tile spans
+    ``tile * downsample`` level-0 pixels, and overlapping tiles both count a point in their
+    overlap). A tile's training label is ``counts > 0``."""
+    corners = [(int(x), int(y)) for x, y in positions]
+    counts = np.zeros(len(corners), np.int64)
+    index = {c: i for i, c in enumerate(corners)}
+    xs = np.unique([c[0] for c in corners])
+    ys = np.unique([c[1] for c in corners])
+    span = tile * downsample
+    for x, y in np.asarray(points, np.float64).reshape(-1, 2):
+        for cx in xs[np.searchsorted(xs, x - span, "right"):np.searchsorted(xs, x, "right")]:
+            for cy in ys[np.searchsorted(ys, y - span, "right"):np.searchsorted(ys, y, "right")]:
+                i = index.get((int(cx), int(cy)))
+                if i is not None:
+                    counts[i] += 1
+    return counts
