@@ -120,3 +120,24 @@ def worker_thread(worker, stop):
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     return thread
+
+
+def start_service(cfg):
+    """The service of ``cfg`` in the background and one worker on a thread (the stand-in for
+    ``medinfer serve``); returns the service and the function that stops both."""
+    import threading
+
+    from medinfer.serve.service import Service
+    from medinfer.serve.worker import Worker
+
+    service = Service(cfg, tick_seconds=0.1)
+    service.start_background()
+    stop = threading.Event()
+    thread = worker_thread(Worker(cfg, service.store, "in-test"), stop)
+
+    def shutdown() -> None:
+        stop.set()
+        thread.join(30)
+        service.stop()
+
+    return service, shutdown

@@ -9,19 +9,16 @@ import io
 import json
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 from detection_helpers import synthetic_data, train_tiny_detector
-from orthanc_pacs import Orthanc, orthanc_binary, wait_for, worker_thread
+from orthanc_pacs import Orthanc, orthanc_binary, start_service, wait_for
 from serve_helpers import free_port
 
 from medinfer.serve.config import ServeConfig
-from medinfer.serve.service import Service
-from medinfer.serve.worker import Worker
 
 CT, SR, SC = ("1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.88.33",
               "1.2.840.10008.5.1.4.1.1.7")
@@ -75,10 +72,7 @@ def test_ct_series_by_c_store_comes_back_as_sr_regions_on_its_instances(
                     "match": {"modality": ["CT"], "temporal": False}}],
         "destinations": [{"name": "pacs", "kind": "dimse", "host": "127.0.0.1",
                           "port": pacs.dicom_port, "ae_title": pacs.ae_title}]})
-    service = Service(cfg, tick_seconds=0.1)
-    service.start_background()
-    stop = threading.Event()
-    thread = worker_thread(Worker(cfg, service.store, "in-test"), stop)
+    service, shutdown = start_service(cfg)
     try:
         sent = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", "MEDINFER", "127.0.0.1",
                                str(dicom_port), *files], capture_output=True, text=True, timeout=60)
@@ -129,7 +123,5 @@ def test_ct_series_by_c_store_comes_back_as_sr_regions_on_its_instances(
             corners = [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
             assert np.allclose(group.roi.value, corners, atol=1e-3), (group.roi.value, d["box"])
     finally:
-        stop.set()
-        thread.join(30)
-        service.stop()
+        shutdown()
         pacs.stop()

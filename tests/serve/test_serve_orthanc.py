@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from orthanc_pacs import Orthanc, orthanc_binary, wait_for, worker_thread
+from orthanc_pacs import Orthanc, orthanc_binary, start_service, wait_for
 from serve_helpers import MR_SERIES, free_port, make_artifact
 from shared_data import require
 
 from medinfer.serve.config import ServeConfig
 from medinfer.serve.models import Delivery
-from medinfer.serve.service import Service
 from medinfer.serve.worker import Worker
 
 pytestmark = [
@@ -52,11 +50,7 @@ def test_storescu_to_medinfer_to_orthanc_seg(tmp_path: Path, orthanc: Orthanc) -
              "results": ["seg"]},
         ],
     })
-    service = Service(cfg, tick_seconds=0.1)
-    service.start_background()
-    stop = threading.Event()
-    worker = Worker(cfg, service.store, "in-test")
-    thread = worker_thread(worker, stop)
+    service, shutdown = start_service(cfg)
     try:
         echo = subprocess.run(["echoscu", "-aet", "ECHOSCU", "-aec", "MEDINFER", "127.0.0.1",
                                str(dicom_port)], capture_output=True, text=True, timeout=30)
@@ -89,9 +83,7 @@ def test_storescu_to_medinfer_to_orthanc_seg(tmp_path: Path, orthanc: Orthanc) -
         with service.store.session() as s:
             assert {d.destination for d in s.query(Delivery)} == {"orthanc-dimse", "orthanc-stow"}
     finally:
-        stop.set()
-        thread.join(30)
-        service.stop()
+        shutdown()
 
 
 def test_pacs_down_then_back_gets_the_classification_sr(tmp_path: Path) -> None:

@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
-from orthanc_pacs import Orthanc, orthanc_binary, wait_for, worker_thread
+from orthanc_pacs import Orthanc, orthanc_binary, start_service, wait_for
 from serve_helpers import free_port
 
 from medinfer.perfusion import PhantomConfig, make_phantom, write_phantom
 from medinfer.serve.config import ServeConfig
 from medinfer.serve.routing import is_temporal, matches
 from medinfer.serve.config import MatchRule
-from medinfer.serve.service import Service
 from medinfer.serve.store import SeriesInfo
-from medinfer.serve.worker import Worker
 from medinfer.tasks.perfusion import perfusion_artifact
 
 PM, SEG, SR, SC = ("1.2.840.10008.5.1.4.1.1.30", "1.2.840.10008.5.1.4.1.1.66.4",
@@ -80,11 +77,7 @@ def test_perfusion_study_by_c_store_comes_back_to_orthanc(tmp_path: Path, series
                    {"name": "other-ct", "artifact": str(tmp_path / "missing"), "match": {"modality": ["CT"]}}],
         "destinations": [{"name": "pacs", "kind": "dimse", "host": "127.0.0.1", "port": pacs.dicom_port,
                           "ae_title": pacs.ae_title}]})
-    service = Service(cfg, tick_seconds=0.1)
-    service.start_background()
-    stop = threading.Event()
-    worker = Worker(cfg, service.store, "in-test")
-    thread = worker_thread(worker, stop)
+    service, shutdown = start_service(cfg)
     try:
         files = sorted(str(p) for p in series.iterdir())
         sent = subprocess.run(["storescu", "-aet", "STORESCU", "-aec", "MEDINFER", "127.0.0.1",
@@ -111,7 +104,5 @@ def test_perfusion_study_by_c_store_comes_back_to_orthanc(tmp_path: Path, series
             assert job.summary["core_ml"] > 0 and job.summary["penumbra_ml"] > job.summary["core_ml"]
             assert set(job.summary["aif"]) >= {"voxels", "peak_time_s"}
     finally:
-        stop.set()
-        thread.join(30)
-        service.stop()
+        shutdown()
         pacs.stop()

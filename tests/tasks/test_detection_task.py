@@ -11,7 +11,7 @@ import pytest
 import torch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 
-from medinfer.artifact import ModelArtifact
+from medinfer.artifact import ModelArtifact, VariantRecord
 from medinfer.errors import InputError
 from medinfer.io import Image, read_dicom_series
 from medinfer.metrics import SliceDetections, boxes_agree
@@ -138,8 +138,6 @@ def test_exported_fp32_networks_give_pytorchs_boxes(detector: tuple[ModelArtifac
     x = task.prepare(image)
     results = {}
     for name in ("torch-fp32", "onnxruntime-fp32", "openvino-fp32"):
-        from medinfer.artifact import VariantRecord
-
         engine = task.open_variant(VariantRecord.of(get_kind(name)), EngineOptions())
         assert isinstance(engine, StagedEngine) and engine.classifier is not None
         results[name] = task.split_rows(task.infer(engine, x), len(x))

@@ -209,13 +209,17 @@ class Detection(Task):
         """Both stages with the decoding between them (a variant's stage-2 speed counts too)."""
         return lambda x: self.infer(engine, x)
 
-    def calibration_crops(self, calib: np.ndarray) -> np.ndarray:
-        """Stage-2 calibration inputs: crops of the candidates PyTorch's stage 1 proposes
-        on the calibration slices (what the classifier sees when deployed)."""
+    def candidates(self, x: np.ndarray) -> np.ndarray:
+        """Stage-1 detection rows of the artifact's own FP32 weights (PyTorch) on prepared
+        slices ``x``: what stage 2 is trained and calibrated on."""
         net = self.art.load_network()
         with torch.no_grad():
-            rows = self.detect(lambda b: net(torch.from_numpy(b)).numpy(), None, calib)
-        return self.crops(calib, rows)
+            return self.detect(lambda b: net(torch.from_numpy(b)).numpy(), None, x)
+
+    def calibration_crops(self, calib: np.ndarray) -> np.ndarray:
+        """Stage-2 calibration inputs: crops of the candidates stage 1 proposes on the
+        calibration slices (what the classifier sees when deployed)."""
+        return self.crops(calib, self.candidates(calib))
 
     # -- one image ---------------------------------------------------------------------
     def check_image(self, image: Image) -> None:

@@ -199,9 +199,7 @@ class CandidateRecipe(ClassificationRecipe):
     def load(self, cfg: ClassifyConfig, items: list[DetectionSeries], progress: Progress = None) -> LabeledArrays:
         task = Detection(self.stage1)
         data = load_series(items, self.stage1.spec.preprocessing)
-        net = self.stage1.load_network()
-        with torch.no_grad():
-            rows = task.detect(lambda b: net(torch.from_numpy(b)).numpy(), None, data.images)
+        rows = task.candidates(data.images)
         rng = np.random.default_rng(cfg.seed + len(items))
         truths = input_boxes(data)
         picked, labels = mine(rows, truths, data.images.shape[-2:], self.detect_cfg, rng)
