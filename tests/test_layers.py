@@ -43,6 +43,7 @@ LAZY_OK = {
     "artifact.py": "artifact.json is read without importing torch (light runtimes)",
     "report/build.py": "captum (explanations) only for classification reports",
     "train/detect.py": "stage 2 trains through the loop, which imports the recipes",
+    "train/cytology.py": "stage 2 trains through the loop, which imports the recipes",
     "partition/receptive.py": "tiling helpers load only when a tile plan is made",
 }
 

@@ -146,7 +146,7 @@ class DataSplit(BaseModel):
         test: never seen in training (empty when the recipe keeps no test part).
     """
 
-    unit: Literal["case", "patient", "slab"] = "case"
+    unit: Literal["case", "patient", "slab", "slide"] = "case"
     train: list[str] = Field(default_factory=list)
     val: list[str] = Field(default_factory=list)
     test: list[str] = Field(default_factory=list)
@@ -263,6 +263,49 @@ class DetectionSpec(BaseModel):
     report_score: float = 0.5
 
 
+class CytologySpec(BaseModel):
+    """Whole-slide cytology: where stage 1 reads its tiles, how their scores become a slide
+    score, and when and where stage 2 looks for abnormal cells.
+
+    Attributes:
+        downsample: level-0 pixels per tile pixel (2: tiles at half the scan resolution,
+            read from the level with that downsample or pooled from a finer one).
+        min_tissue: tiles whose footprint the tissue mask covers less than this are skipped.
+        batch: tiles per network call.
+        fusion: ``topk`` (mean of the ``topk`` highest tile probabilities) or ``learned``
+            (the logistic aggregator in ``aggregator``).
+        topk: tiles the top-k mean averages (and the aggregator's feature length).
+        aggregator: the fitted logistic aggregator (``metrics.slides.LogisticAggregator``).
+        threshold: slide-score threshold of the stage-1 decision (chosen on validation
+            slides for ``target_sensitivity``).
+        target_sensitivity: the sensitivity the operating points are chosen for.
+        stage2: sub-folder of the cell-centre detector ("": one stage).
+        flag_threshold: stage-1 slide score at or above which stage 2 runs.
+        regions: highest-scoring tiles per flagged slide that stage 2 examines.
+        cell_threshold: stage-2 heat-map peaks below this are not cells.
+        stage2_weight: weight ``w`` of the stage-2 evidence in the two-stage score
+            ``s1 ** (1 - w) * c ** w`` (``c``: the best cell's score; 0 on unflagged slides).
+        two_stage_threshold: two-stage score threshold of the final decision.
+        classes: stage 2's cell classes, in output order.
+    """
+
+    downsample: float = 2.0
+    min_tissue: float = 0.05
+    batch: int = 32
+    fusion: Literal["topk", "learned"] = "topk"
+    topk: int = 8
+    aggregator: dict[str, Any] | None = None
+    threshold: float = 0.5
+    target_sensitivity: float = Field(0.96, gt=0.0, le=1.0)
+    stage2: str = ""
+    flag_threshold: float = 0.0
+    regions: int = 16
+    cell_threshold: float = 0.3
+    stage2_weight: float = Field(1.0, ge=0.0, le=1.0)
+    two_stage_threshold: float = 0.5
+    classes: list[str] = Field(default_factory=lambda: ["ASC-US", "LSIL", "ASC-H", "HSIL", "SCC"])
+
+
 class ArtifactSpec(BaseModel):
     """Contents of ``artifact.json``."""
 
@@ -286,6 +329,8 @@ class ArtifactSpec(BaseModel):
     """Segmentation: label value -> segment name (default ``{1: "foreground"}``)."""
     detection: DetectionSpec | None = None
     """Detection: post-processing outside the network and the second stage."""
+    cytology: CytologySpec | None = None
+    """Whole-slide cytology: tiles, slide fusion, operating points and the second stage."""
 
 
 class ModelArtifact:

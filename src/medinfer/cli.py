@@ -162,6 +162,46 @@ def predict(
 
 
 @app.command()
+def slide(
+    slide_file: Annotated[Path, typer.Argument(metavar="SLIDE", help="A whole-slide image (pyramidal TIFF, SVS, NDPI, MRXS, ... anything OpenSlide or tiffslide reads).")],
+    model: Annotated[Path, typer.Option(help="A cytology artifact (tile classifier + cell detector).")],
+    out: Annotated[Path, typer.Option(help="Results folder: <slide>_heatmap.png, <slide>_cells.geojson (QuPath), <slide>.json.")],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the JSON summary here.")] = None,
+    backend: BackendOpt = None,
+    precision: PrecisionOpt = None,
+    threads: int = 2,
+    in_flight: Annotated[int, typer.Option(help="Tile batches in flight at once (asynchronous requests of OpenVINO / ONNX Runtime).")] = 2,
+    heatmap_side: Annotated[int, typer.Option(help="Longer side (pixels) of the picture the heat-map is drawn on; read from the smallest slide level at least that big.")] = 2048,
+) -> None:
+    """One whole slide through the cytology pipeline: tiles where there are cells, stage 1
+    (tile classifier, the chosen variant), slide fusion, stage 2 (cell-centre detector) on
+    the most suspicious tiles of a flagged slide. Prints the JSON (slide_score, abnormal,
+    tiles, cells with class, score and level-0 x/y, seconds)."""
+    from medinfer.apps.slides import run_slide
+    from medinfer.runtime import EngineOptions
+
+    summary = run_slide(_load_artifact(model), slide_file, out, backend, precision,
+                        EngineOptions(threads=threads, in_flight=in_flight), thumbnail=heatmap_side)
+    _emit_json(summary, json_out)
+
+
+@app.command()
+def mosaic(
+    out: Annotated[Path, typer.Argument(help="Folder to write train/, val/ and test/ slide folders into.")],
+    crops: Annotated[Path, typer.Option(help="CRIC crops (labels.csv + images/).")] = Path("../shared/data/cervical-cytology-cric"),
+    seed: int = 0,
+    quick: Annotated[bool, typer.Option(help="A small set (4 + 4 slides per part, 2048^2) for trying the pipeline.")] = False,
+) -> None:
+    """Mosaic whole slides of real CRIC cells on a synthetic layout: train/val/test folders
+    (labels.csv, pyramidal TIFFs, each slide's cells as JSON), composed from disjoint crops."""
+    from medinfer.apps.slides import DEFAULT_SETS, SetPlan, make_slide_sets
+
+    plans = {k: SetPlan(4, 4, 2048, v.abnormal_fraction) for k, v in DEFAULT_SETS.items()} if quick else None
+    folders = make_slide_sets(out, crops, plans, seed)
+    console.print(f"wrote {', '.join(str(f) for f in folders.values())}")
+
+
+@app.command()
 def perfusion(
     inputs: Annotated[list[Path], typer.Argument(help="A CT perfusion series: its folder or files (DICOM, one file per slice and time point, or one enhanced multi-frame file), or a 4D NIfTI.")],
     out: Annotated[Path, typer.Option(help="Results folder: cbf/cbv/mtt/tmax/ttp/core/penumbra .nii.gz (DICOM input: Parametric Maps, SEG, SR, Secondary Capture), PNGs, report.html, result.json.")],

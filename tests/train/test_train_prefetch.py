@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from medinfer.train.fit import prefetched
+from medinfer.data.prefetch import prefetched
 
 
 def _draw(n: int, fail_at: int | None = None) -> Iterator[tuple[int, str]]:

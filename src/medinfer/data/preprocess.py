@@ -78,3 +78,13 @@ def prepare_slices(volume: np.ndarray, spec: Preprocessing) -> np.ndarray:
     c = spec.channels // 2
     index = (torch.arange(len(x))[:, None] + torch.arange(-c, c + 1)[None, :]).clamp(0, len(x) - 1)
     return x[index].numpy()
+
+
+def prepare_tiles(tiles: np.ndarray, spec: Preprocessing) -> np.ndarray:
+    """Pictures (N, H, W, C) uint8 (slide tiles) -> network batch (N, C, *spec.size) float32,
+    exactly as :func:`prepare_image` prepares each of them (the resize is skipped when the
+    tiles already have the network's size)."""
+    chw = np.ascontiguousarray(np.moveaxis(tiles, -1, 1))
+    if tuple(chw.shape[-2:]) != tuple(spec.size) or chw.shape[1] != spec.channels:
+        return prepare_batch(list(chw), spec)
+    return normalize(chw.astype(np.float32), spec)

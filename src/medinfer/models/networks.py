@@ -169,3 +169,27 @@ def densenet121(
 def test_densenet(**kwargs: object) -> torch.nn.Module:
     """Tiny DenseNet for tests (same layer types as DenseNet-121)."""
     return densenet121(**kwargs)  # type: ignore[arg-type]
+
+
+RESNET_DEPTHS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
+    10: ("basic", (1, 1, 1, 1)), 18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+}
+"""Block type and blocks per stage of the ResNets of He et al. (10: one block per stage)."""
+
+
+@register_model("tile-resnet", task="classification", spatial_dims=2, depth=10, width=16)
+def tile_resnet(*, in_channels: int, out_channels: int, depth: int, width: int) -> torch.nn.Module:
+    """A 2D ResNet (MONAI) classifying slide tiles: one logit per class.
+
+    ``depth`` 10/18/34/50 picks the blocks (50: bottleneck blocks, the seed's ResNet-50 at
+    ``width`` 64); stage channels are ``width * (1, 2, 4, 8)`` (times 4 after bottlenecks).
+    Stem: 7x7 convolution of stride 2 and max pooling, as in the paper.
+    """
+    from monai.networks.nets import ResNet
+
+    if depth not in RESNET_DEPTHS:
+        raise ValueError(f"tile-resnet depth must be one of {sorted(RESNET_DEPTHS)}, not {depth}")
+    block, layers = RESNET_DEPTHS[depth]
+    return ResNet(block, list(layers), [width, 2 * width, 4 * width, 8 * width], spatial_dims=2,
+                  n_input_channels=in_channels, conv1_t_size=7, conv1_t_stride=2, num_classes=out_channels)

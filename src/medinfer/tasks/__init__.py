@@ -20,7 +20,9 @@ from medinfer.tasks.base import (
     WriteOptions,
     WrittenFile,
 )
+from medinfer.tasks.cells import CellCentres
 from medinfer.tasks.classification import Classification
+from medinfer.tasks.cytology import Cytology, SlidePrediction
 from medinfer.tasks.detection import Detection, StagedEngine
 from medinfer.tasks.perfusion import Perfusion, PerfusionPrediction
 from medinfer.tasks.predictor import Predictor
@@ -28,10 +30,10 @@ from medinfer.tasks.registry import list_tasks, register_task, task_for, unregis
 from medinfer.tasks.segmentation import Segmentation2D, SegmentationTask, labels_from_logits
 from medinfer.tasks.volume import Segmentation3D, VolumeInference, window_logits
 
-for _task in (Segmentation2D, Segmentation3D, Classification, Perfusion, Detection):
+for _task in (Segmentation2D, Segmentation3D, Classification, Perfusion, Detection, Cytology, CellCentres):
     register_task(_task)
 
-__all__ = ["Classification", "Detection", "StagedEngine", "Example", "GateLimits", "Infer", "Perfusion", "PerfusionPrediction",
+__all__ = ["CellCentres", "Classification", "Cytology", "Detection", "SlidePrediction", "StagedEngine", "Example", "GateLimits", "Infer", "Perfusion", "PerfusionPrediction",
            "PictureTask", "Prediction", "Predictor",
            "Segmentation2D", "Segmentation3D", "SegmentationTask", "Task", "VolumeInference",
            "WriteOptions", "WrittenFile", "labels_from_logits", "list_tasks", "register_task",

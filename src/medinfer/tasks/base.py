@@ -346,6 +346,18 @@ class PictureTask(Task):
         return batched(infer, data.images)
 
 
+def gate_keys(ref: dict[str, float], cand: dict[str, float], limits: GateLimits,
+              keys: Sequence[str]) -> str:
+    """Why ``cand`` fails: the first of ``keys`` dropping more than ``limits.max_drop`` below
+    ``ref`` ("" when none does; a key the reference cannot compute, NaN, is not checked)."""
+    for key in keys:
+        base = ref.get(key, float("nan"))
+        drop = base - cand.get(key, float("nan"))
+        if np.isfinite(base) and not drop <= limits.max_drop:
+            return f"{key} drop {drop:.4f} > max {limits.max_drop:.4f}"
+    return ""
+
+
 def write_summary(pred: Prediction, path: Path, options: WriteOptions) -> WrittenFile:
     """The prediction's JSON summary (plus ``options.summary``)."""
     payload = {**options.summary, **pred.summary()}

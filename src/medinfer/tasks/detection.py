@@ -31,7 +31,7 @@ from medinfer.io.regions import RegionFinding, write_detection_sr
 from medinfer.metrics.detection import SliceDetections, SliceTruth, detection_scores
 from medinfer.models.detection import AnchorSpec, DetectorGeometry
 from medinfer.runtime import Engine, EngineOptions, open_engine
-from medinfer.tasks.base import Example, GateLimits, Infer, Prediction, Task, WriteOptions, WrittenFile
+from medinfer.tasks.base import Example, GateLimits, Infer, Prediction, Task, WriteOptions, WrittenFile, gate_keys
 from medinfer.tasks.classification import sigmoid
 from medinfer.variants import get_kind
 
@@ -317,11 +317,7 @@ class Detection(Task):
 
     def gate(self, ref: dict[str, float], cand: dict[str, float], limits: GateLimits) -> str:
         """AP@0.1 and the sensitivity at 2 false positives per slice, each within ``max_drop``."""
-        for key in (self.primary, "sensitivity@2fp"):
-            drop = ref[key] - cand.get(key, float("nan"))
-            if np.isfinite(ref[key]) and not drop <= limits.max_drop:
-                return f"{key} drop {drop:.4f} > max {limits.max_drop:.4f}"
-        return ""
+        return gate_keys(ref, cand, limits, (self.primary, "sensitivity@2fp"))
 
     # -- results -----------------------------------------------------------------------
     def reported(self, pred: Prediction) -> list[dict[str, Any]]:

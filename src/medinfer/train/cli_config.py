@@ -36,6 +36,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from medinfer.data.detection import is_detection_folder
 from medinfer.data.labels import is_labeled_folder
+from medinfer.data.slide_sets import is_slide_folder
 from medinfer.data.volumes import is_volume_folder
 from medinfer.artifact import ModelArtifact
 from medinfer.errors import InputError, MedinferError
@@ -97,6 +98,8 @@ def detect_task(data: str | Path) -> str:
         return "segmentation3d"
     if is_detection_folder(data):
         return "detection"
+    if is_slide_folder(Path(data) / "train"):
+        return "cytology"
     if is_labeled_folder(data):
         return "classification"
     return "segmentation"

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from medinfer.artifact import DetectionSpec
+from medinfer.artifact import CytologySpec, DetectionSpec
 from medinfer.data.spec import Preprocessing
 
 
@@ -256,8 +256,57 @@ class DetectConfig(FitConfig):
         window=CT_LUNG_WINDOW)
 
 
-AnyTrainConfig = Annotated[TrainConfig | ClassifyConfig | VolumeTrainConfig | DetectConfig,
+class CytologyConfig(FitConfig):
+    """A whole-slide cytology run: stage 1 (tile classifier), slide fusion and operating
+    points, then stage 2 (cell-centre detector) through the same loop.
+
+    ``data`` holds ``train/`` and ``val/`` slide folders (``labels.csv`` + slides + cells'
+    JSON, as :func:`medinfer.data.mosaic.write_slide_set` writes them); a ``test/`` folder
+    beside them is never read here. Stage 1 trains on tiles drawn from the training slides
+    (``per_cell`` tiles around each abnormal cell, ``negatives_per_slide`` tissue tiles
+    without one) with flips, 90-degree turns and stain jitter; it is validated on the whole
+    validation slides (tile AUC). After the last epoch the aggregator is fitted on the
+    training slides' tile scores, the fusion with the better validation slide AUC is kept
+    (``fusion: auto``), the stage-1 threshold is set on the validation slides for
+    ``cytology.target_sensitivity``, stage 2 is trained on level-0 regions around the
+    training slides' abnormal cells and at random tissue positions, and the flag and
+    two-stage thresholds are set on the validation slides.
+
+    Attributes:
+        per_cell: positive tiles drawn around each abnormal cell of a training slide.
+        negatives_per_slide: tissue tiles without an abnormal cell drawn per training slide.
+        fusion: ``topk``, ``learned`` or ``auto`` (the better on the validation slides).
+        flag_margin: the flag threshold is this fraction of the lowest stage-1 score of a
+            validation abnormal slide (stage 2 then sees every validation positive).
+        stage2_epochs: epochs of the cell-centre detector (0: one stage).
+        stage2_architecture, stage2_arch_kwargs: its network; stage2_side: its region side
+            (level-0 pixels).
+        stage2_negatives: random tissue regions per training slide for stage 2.
+        cytology: the slide settings stored in the artifact (thresholds are overwritten).
+    """
+
+    task: Literal["cytology"] = "cytology"
+    architecture: str = "tile-resnet"
+    epochs: int = Field(12, ge=1)
+    batch_size: int = Field(32, ge=2)
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0)
+    schedule: Literal["step", "cosine", "constant"] = "cosine"
+    per_cell: int = Field(2, ge=1)
+    negatives_per_slide: int = Field(96, ge=1)
+    fusion: Literal["topk", "learned", "auto"] = "auto"
+    flag_margin: float = Field(0.8, gt=0, le=1)
+    stage2_epochs: int = Field(10, ge=0)
+    stage2_architecture: str = "cell-centres"
+    stage2_arch_kwargs: dict[str, Any] = Field(default_factory=dict)
+    stage2_side: int = Field(256, ge=32)
+    stage2_negatives: int = Field(8, ge=0)
+    cytology: CytologySpec = CytologySpec(stage2="stage2")
+    preprocessing: Preprocessing = Preprocessing(size=(128, 128), mean=(0.8, 0.75, 0.8), std=(0.15, 0.15, 0.15))
+
+
+AnyTrainConfig = Annotated[TrainConfig | ClassifyConfig | VolumeTrainConfig | DetectConfig | CytologyConfig,
                            Field(discriminator="task")]
 """Any recipe's config, told apart by ``task`` (validate with a ``pydantic.TypeAdapter``)."""
 
-TASKS = ("segmentation", "classification", "segmentation3d", "detection")
+TASKS = ("segmentation", "classification", "segmentation3d", "detection", "cytology")

@@ -16,10 +16,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-import queue
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 
 from medinfer.artifact import ArtifactSpec, EpochRecord, InputSpec, ModelArtifact, TrainingRecord
+from medinfer.data.prefetch import prefetched
 from medinfer.errors import ArtifactError, MedinferError
 from medinfer.models.registry import create_model
 from medinfer.progress import status_progress
@@ -147,50 +146,6 @@ class StepOptions:
 def _memory_format(net: torch.nn.Module) -> torch.memory_format:
     conv3d = any(isinstance(m, torch.nn.Conv3d) for m in net.modules())
     return torch.channels_last_3d if conv3d else torch.channels_last
-
-
-_DONE = object()
-
-
-def prefetched(batches: Iterable[Batch], depth: int) -> Iterator[Batch]:
-    """``batches`` drawn by a background thread, up to ``depth`` ahead (0: in this thread).
-
-    Drawing a batch (indexing, MONAI augmentation) runs while the previous step computes;
-    both release the GIL in their torch kernels, so the two cores stay busy. The order
-    and content of the batches are those of ``batches`` (one producer, FIFO). An error
-    in the producer is raised here, at the batch it would have produced.
-    """
-    if depth <= 0:
-        yield from batches
-        return
-    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in batches:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(_DONE)
-        except BaseException as exc:  # handed to the consumer, raised there
-            q.put(exc)
-
-    thread = threading.Thread(target=produce, name="batch-prefetch", daemon=True)
-    thread.start()
-    try:
-        while (item := q.get()) is not _DONE:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        thread.join()
 
 
 def _train_epoch(net: torch.nn.Module, opt: torch.optim.Optimizer, loss_fn: torch.nn.Module,
