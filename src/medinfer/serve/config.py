@@ -66,7 +66,10 @@ class MatchRule(_Strict):
         series_description: regular expression searched in SeriesDescription
             (case-insensitive).
         sop_class_uid: accepted SOP Class UIDs.
-        formats: accepted source formats: ``dicom``, ``png``, ``jpeg``, ``nifti``.
+        formats: accepted source formats: ``dicom``, ``png``, ``jpeg``, ``nifti``,
+            ``slide`` (a whole-slide image uploaded to ``POST /api/v1/slides``). Only a
+            rule naming ``slide`` takes slides (a rule without ``formats`` does not), so a
+            slide never reaches a model made for other images.
         temporal: ``true``: only series holding several time points of one slice position
             (CT perfusion: two or more DICOM instances at the same ImagePositionPatient, or a
             multi-frame instance with NumberOfTemporalPositions > 1); ``false``: only series
@@ -77,7 +80,7 @@ class MatchRule(_Strict):
     body_part: list[str] = Field(default_factory=list)
     series_description: str | None = None
     sop_class_uid: list[str] = Field(default_factory=list)
-    formats: list[Literal["dicom", "png", "jpeg", "nifti"]] = Field(default_factory=list)
+    formats: list[Literal["dicom", "png", "jpeg", "nifti", "slide"]] = Field(default_factory=list)
     temporal: bool | None = None
 
     @field_validator("series_description")
@@ -144,11 +147,19 @@ class DestinationConfig(_Strict):
 
 
 class HttpConfig(_Strict):
-    """HTTP front door; HTTPS when ``tls`` is set (:class:`~medinfer.serve.tls.HttpTls`)."""
+    """HTTP front door; HTTPS when ``tls`` is set (:class:`~medinfer.serve.tls.HttpTls`).
+
+    Attributes:
+        max_upload_mb: the largest request body (MiB), whole-slide uploads excepted.
+        max_slide_upload_mb: the largest body of ``POST /api/v1/slides`` (MiB): a
+            whole-slide image is streamed to the storage folder, never held in memory,
+            so this bounds disk, not memory.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8042
     max_upload_mb: float = 512.0
+    max_slide_upload_mb: float = Field(default=4096.0, gt=0)
     tls: HttpTls | None = None
 
 
@@ -290,6 +301,10 @@ class ServeConfig(_Strict):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.http.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_slide_upload_bytes(self) -> int:
+        return int(self.http.max_slide_upload_mb * 1024 * 1024)
 
     def resolved(self, base: Path) -> ServeConfig:
         """A copy with relative storage, artifact and certificate paths made absolute

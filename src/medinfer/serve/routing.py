@@ -9,7 +9,7 @@ from functools import lru_cache
 from medinfer.serve.config import MatchRule, RouteConfig
 from medinfer.serve.store import SeriesInfo
 
-__all__ = ["is_temporal", "matches", "route_series"]
+__all__ = ["is_temporal", "matches", "route_series", "slide_routes"]
 
 _POSITION_MM = 0.01
 
@@ -41,7 +41,10 @@ def is_temporal(paths: tuple[str, ...]) -> bool:
 
 
 def matches(rule: MatchRule, series: SeriesInfo) -> bool:
-    """Whether ``series`` meets every condition ``rule`` sets (unset conditions pass)."""
+    """Whether ``series`` meets every condition ``rule`` sets (unset conditions pass; a
+    whole slide only meets a rule whose ``formats`` name ``slide``)."""
+    if series.format == "slide" and "slide" not in rule.formats:
+        return False
     if rule.modality and series.modality.upper() not in {m.upper() for m in rule.modality}:
         return False
     if rule.body_part and series.body_part.upper() not in {b.upper() for b in rule.body_part}:
@@ -65,3 +68,8 @@ def route_series(routes: list[RouteConfig],
         if matches(r.match, series):
             return r.name, str(r.artifact), r.priority
     return None
+
+
+def slide_routes(routes: list[RouteConfig]) -> list[RouteConfig]:
+    """The routes that take whole-slide images (``match.formats`` names ``slide``)."""
+    return [r for r in routes if "slide" in r.match.formats]

@@ -247,12 +247,13 @@ class Cytology(PictureTask):
 
     def run_slide(self, path: Path, stage1: Infer, stage2: Infer | None = None,
                   many: Callable[[list[np.ndarray]], list[np.ndarray]] | None = None,
-                  progress: bool = False) -> SlideResult:
-        """The pipeline on one slide file (see the module docstring)."""
+                  progress: bool = False, max_tiles: int | None = None) -> SlideResult:
+        """The pipeline on one slide file (see the module docstring); ``max_tiles``: only
+        the first tiles of the grid (benchmarks comparing engines on the same tiles)."""
         s = self.settings
         t0 = time.perf_counter()
         with Slide.open(path) as slide:
-            grid = self.reader.grid(slide, s.min_tissue)
+            grid = self.reader.grid(slide, s.min_tissue)[:max_tiles]
             t1 = time.perf_counter()
             positions = np.asarray(grid, np.int64).reshape(-1, 2)
             probs = np.zeros(len(positions), np.float32)

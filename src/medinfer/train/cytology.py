@@ -181,6 +181,7 @@ class CytologyRecipe(Recipe[CytologyConfig]):
             data=cfg.data, out=art.root / cfg.cytology.stage2, architecture=cfg.stage2_architecture,
             arch_kwargs=cfg.stage2_arch_kwargs,
             epochs=cfg.stage2_epochs, lr=cfg.lr, seed=cfg.seed, threads=cfg.threads, precision=cfg.precision,
+            max_minutes=cfg.max_minutes,
             prefetch=cfg.prefetch, negatives=cfg.stage2_negatives, classes=tuple(settings.classes),
             preprocessing=cfg.preprocessing.model_copy(update={"size": (side, side)}))
         fit(CellRecipe(), ccfg, art.spec.training.command)
