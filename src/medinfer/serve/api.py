@@ -1,5 +1,9 @@
 """The REST API, STOW-RS endpoint and metrics (FastAPI; OpenAPI at ``/docs`` and ``/openapi.json``).
 
+Uploads: ``POST /api/v1/studies`` (DICOM files of one study, or one PNG/JPEG/NIfTI image)
+and ``POST /api/v1/slides`` (one whole-slide image, streamed to storage:
+:mod:`medinfer.serve.slides`); both answer 202 with the jobs created.
+
 Every route but ``/health`` (and the web page's login form) needs an API token with
 the right scope, the OpenAPI document and its page included (``read``); every
 submission and every read of a job or result is written to the audit trail. Uploads
@@ -33,6 +37,7 @@ from medinfer.serve.ingest import Receiver, check_pixels, detect_format, read_di
 from medinfer.serve.logs import redact
 from medinfer.serve.metrics import render_metrics
 from medinfer.serve.models import Delivery, Job, Result, Study
+from medinfer.serve.slides import pick_slide_route, receive_slide
 from medinfer.serve.store import JOB_STATES, MAX_ID, Store
 from medinfer.serve.stow import boundary_of, split_multipart
 
@@ -52,6 +57,10 @@ _UPLOAD_BODY = {"required": True, "content": {"multipart/form-data": {"schema": 
     "type": "object", "required": ["files"], "properties": {
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
         "modality": {"type": "string", "default": ""}}}}}}
+_SLIDE_BODY = {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary"},
+        "route": {"type": "string", "default": ""}}}}}}
 
 
 class ResultOut(BaseModel):
@@ -219,6 +228,41 @@ def create_app(config: ServeConfig, store: Store, receiver: Receiver | None = No
         study = _study_out(store, study_id)
         return SubmitOut(study_id=study_id, state=study.state, jobs=jobs, note=study.note)
 
+    @app.post("/api/v1/slides", response_model=SubmitOut, status_code=202, tags=["jobs"],
+              openapi_extra={"requestBody": _SLIDE_BODY})
+    async def submit_slide(who: Submitter, request: Request) -> SubmitOut:
+        """Submit one whole-slide image (.svs, .ndpi, .tif, ...) to a route taking slides.
+
+        ``multipart/form-data`` with one ``file`` part and an optional ``route`` naming a
+        route whose ``match.formats`` names ``slide`` (default: the first such route whose
+        rule matches). The file streams to storage (at most ``http.max_slide_upload_mb``)
+        and is opened by the slide reader before the answer: 400 naming the file when it
+        is not a slide or is damaged. The job writes a heat-map PNG, the cells as GeoJSON
+        and the JSON summary (``GET /api/v1/jobs/{id}``); none is DICOM, none is sent to a
+        PACS.
+        """
+        pick_slide_route(config.routes, "")  # 422 before any byte when no route takes slides
+        part = None
+        try:
+            upload = await receive_slide(request, receiver.slides,
+                                         lambda name: pick_slide_route(config.routes, name))
+            part = upload.path
+            route = pick_slide_route(config.routes, upload.route)
+            study_id = await asyncio.to_thread(receiver.accept_slide, upload.path, upload.name,
+                                               who.name)
+        except InputError as exc:
+            store.audit(who.name, "submit-refused", "", redact(str(exc)))
+            raise HTTPException(400, str(exc)) from exc
+        finally:
+            if part is not None:
+                part.unlink(missing_ok=True)  # moved into place unless refused
+        jobs = await asyncio.to_thread(receiver.close_study, study_id, route)
+        store.audit(who.name, "submit-slide", f"study:{study_id}",
+                    f"{upload.size} bytes, route {route.name if route else '(first match)'}, "
+                    f"jobs {jobs}")
+        study = _study_out(store, study_id)
+        return SubmitOut(study_id=study_id, state=study.state, jobs=jobs, note=study.note)
+
     @app.post("/dicom-web/studies", tags=["dicomweb"])
     async def stow(who: Submitter, request: Request) -> JSONResponse:
         """STOW-RS: ``multipart/related; type="application/dicom"``, one instance per part.
@@ -302,7 +346,8 @@ def create_app(config: ServeConfig, store: Store, receiver: Receiver | None = No
 
     app.include_router(web_router)
     app.include_router(dicomweb_router)  # QIDO-RS / WADO-RS of the results
-    app.add_middleware(BodySizeLimit, max_bytes=config.max_upload_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=config.max_upload_bytes,
+                       paths={"/api/v1/slides": config.max_slide_upload_bytes})
     app.add_middleware(AccessLog)
     # Outermost, so that the size limit's own 413 answers carry the headers too.
     app.add_middleware(SecurityHeaders, policies={"/ui": CSP, "/docs": "frame-ancestors 'none'"})

@@ -35,9 +35,10 @@ from medinfer.io.dicom import (
     check_frames,
 )
 from medinfer.io.limits import ReadLimits
-from medinfer.serve.config import ServeConfig
+from medinfer.serve.config import RouteConfig, ServeConfig
 from medinfer.serve.logs import hash_uid
 from medinfer.serve.routing import route_series
+from medinfer.serve.slides import slide_suffix, verify_slide
 from medinfer.serve.store import InstanceInfo, Store
 
 __all__ = ["DEFAULT_LIMITS", "Receiver", "check_dimse_dataset", "check_pixels", "detect_format",
@@ -82,7 +83,12 @@ def _fsync_write(path: Path, data: bytes | Callable[[BinaryIO], object]) -> None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable."""
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
@@ -280,13 +286,54 @@ class Receiver:
                             modality=modality or default, format=fmt)
         return self.store.add_instance(info, path, "upload", sender)
 
-    def close_study(self, study_id: int) -> list[int]:
-        """Route a study's series and queue jobs (see :meth:`Store.finalize_study`)."""
+    @property
+    def slides(self) -> Path:
+        """Where uploaded whole-slide images are kept (and streamed to while they arrive)."""
+        return self.incoming / "slides"
+
+    def accept_slide(self, part: Path, label: str, sender: str) -> int:
+        """Record a whole-slide image already streamed to ``part`` (under :attr:`slides`)
+        as a one-instance study of format ``slide`` (modality ``SM``).
+
+        The slide reader opens it and decodes a small thumbnail first
+        (:func:`~medinfer.serve.slides.verify_slide`), so a file that is not a slide, or
+        a damaged one, is refused here, not failed in a worker. The kept file is named by
+        a hashed UID (never the client's name) with the slide's suffix, which tells the
+        task's reader that it is a slide.
+
+        Args:
+            part: the received bytes (fsynced); moved into place, or removed when refused.
+            label: the client's file name (errors name it).
+            sender: the token's name.
+
+        Returns:
+            The study id.
+
+        Raises:
+            InputError: naming ``label``: not a slide suffix, or unreadable as a slide.
+        """
+        try:
+            suffix = slide_suffix(label)
+            verify_slide(part, label)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        uid = generate_uid()
+        path = self.slides / f"{hash_uid(uid)}{suffix}"
+        os.replace(part, path)
+        _fsync_dir(path.parent)
+        info = InstanceInfo(study_uid=uid, series_uid=uid, sop_uid=uid, modality="SM",
+                            format="slide")
+        return self.store.add_instance(info, path, "upload", sender)
+
+    def close_study(self, study_id: int, route: RouteConfig | None = None) -> list[int]:
+        """Route a study's series and queue jobs (see :meth:`Store.finalize_study`);
+        ``route``: consider that route only (a slide upload naming one), not every one."""
         from medinfer.serve.models import Study
 
         hold = self.config.late_seconds if self.config.hold_results else 0.0
-        jobs = self.store.finalize_study(study_id,
-                                         lambda s: route_series(self.config.routes, s), hold)
+        routes = self.config.routes if route is None else [route]
+        jobs = self.store.finalize_study(study_id, lambda s: route_series(routes, s), hold)
         with self.store.session() as s:
             study = s.get(Study, study_id)
             source, sender, state = study.source, study.sender, study.state

@@ -36,7 +36,8 @@ class Study(Base):
 
 
 class Instance(Base):
-    """One stored file (a DICOM instance, or an uploaded PNG/JPEG/NIfTI image)."""
+    """One stored file (a DICOM instance, or an uploaded PNG/JPEG/NIfTI image or whole
+    slide: ``format`` ``slide``)."""
 
     __tablename__ = "instances"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -103,7 +104,8 @@ ADDED_COLUMNS = (("instances", "digest", "VARCHAR(64) DEFAULT ''"),
 
 
 class Result(Base):
-    """One file a job produced: ``kind`` seg | sr | sc | json | mask | overlay."""
+    """One file a job produced: ``kind`` seg | sr | sc | pm | json | mask | overlay, or
+    (a slide) heatmap | geojson."""
 
     __tablename__ = "results"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

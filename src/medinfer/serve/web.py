@@ -98,6 +98,7 @@ def job_page(request: Request, who: Reader, job_id: JobId) -> HTMLResponse:
             raise HTTPException(404, f"no job {job_id}")
         results = list(s.scalars(select(Result).where(Result.job_id == job_id)))
     store.audit(who.name, "read-job", f"job:{job_id}", "web page")
-    overlay = next((r for r in results if r.kind == "overlay"), None)
+    # a slide job's heat-map is its picture with the result drawn over it
+    overlay = next((r for r in results if r.kind in ("overlay", "heatmap")), None)
     return templates.TemplateResponse(request, "job.html", {
         "job": job, "results": results, "overlay": overlay, "who": who.name})

@@ -10,6 +10,11 @@ attributes the writers refuse, any value/type/attribute error: see
 is retried up to ``max_attempts``. The error a job records names a class and never
 quotes DICOM attribute values.
 
+A whole-slide image (``POST /api/v1/slides``) takes the same path: the routed cytology
+model reads the slide file, predicts over the whole slide and writes a heat-map PNG, the
+cells as GeoJSON and the JSON summary. None of these is DICOM, so none is delivered: only
+the DICOM kinds (:data:`~medinfer.serve.config.RESULT_KINDS`) go to destinations.
+
 Run one with ``medinfer serve --worker --config serve.yaml`` (or let the service
 spawn ``workers`` of them).
 """
@@ -192,7 +197,8 @@ def result_file(kind: str, path: Path, media_type: str, sop_uid: str) -> ResultF
 def read_job_input(job: LeasedJob, reader: Callable[[list[Path], Any], Any], limits: Any = None) -> Any:
     """The job's input as an :class:`~medinfer.io.Image`, read by the routed model
     (:meth:`medinfer.tasks.Predictor.read`: one file, a 3D series whose instances come in
-    array order, or a perfusion model's 4D series). ``limits``: the service's
+    array order, a perfusion model's 4D series, or a whole slide: its thumbnail with the
+    slide file as ``source``). ``limits``: the service's
     :class:`~medinfer.io.limits.ReadLimits` (checked from the headers first).
 
     Raises:

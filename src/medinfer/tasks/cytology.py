@@ -43,11 +43,10 @@ from medinfer.metrics.classification import roc_auc
 from medinfer.metrics.slides import LogisticAggregator, operating_point, topk_mean
 from medinfer.models.cells import decode_centres
 from medinfer.progress import progress_bar
-from medinfer.runtime import Engine, EngineOptions, open_engine
+from medinfer.runtime import Engine, EngineOptions
 from medinfer.tasks.base import GateLimits, Infer, PictureTask, Prediction, WriteOptions, WrittenFile, gate_keys
 from medinfer.tasks.classification import sigmoid
-from medinfer.tasks.detection import StagedEngine
-from medinfer.variants import get_kind
+from medinfer.tasks.detection import StagedEngine, open_staged
 
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide")
 """Files read as whole slides (anything else is read as one picture)."""
@@ -154,15 +153,7 @@ class Cytology(PictureTask):
     # -- engines -----------------------------------------------------------------------
     def open_variant(self, record: VariantRecord, options: EngineOptions) -> Engine:
         """Stage 1 in ``record``'s variant and stage 2 in the variant of the same name."""
-        proposer = open_engine(self.art, record, options)
-        stage2 = self.stage2
-        if stage2 is None:
-            return StagedEngine(proposer, None)
-        try:
-            return StagedEngine(proposer, open_engine(stage2, VariantRecord.of(get_kind(record.name)), options))
-        except Exception:
-            proposer.close()
-            raise
+        return open_staged(self.art, self.stage2, record, options)
 
     def parts(self, calib: np.ndarray) -> list[tuple[ModelArtifact, np.ndarray]]:
         """Stage 2 with calibration regions of the calibration slides (around their abnormal

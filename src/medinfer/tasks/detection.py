@@ -63,6 +63,20 @@ class StagedEngine(Engine):
             self.classifier.close()
 
 
+def open_staged(first: ModelArtifact, second: ModelArtifact | None, record: VariantRecord,
+                options: EngineOptions) -> StagedEngine:
+    """``first`` in ``record``'s variant and ``second`` (None: one stage) in the variant of
+    the same name, as one :class:`StagedEngine`."""
+    proposer = open_engine(first, record, options)
+    if second is None:
+        return StagedEngine(proposer, None)
+    try:
+        return StagedEngine(proposer, open_engine(second, VariantRecord.of(get_kind(record.name)), options))
+    except Exception:
+        proposer.close()
+        raise
+
+
 @dataclass(frozen=True)
 class DetectionSet:
     """Evaluation slices prepared for the network, with their truth.
@@ -170,16 +184,7 @@ class Detection(Task):
     # -- engines -----------------------------------------------------------------------
     def open_variant(self, record: VariantRecord, options: EngineOptions) -> Engine:
         """Stage 1 in ``record``'s variant and stage 2 in the variant of the same name."""
-        proposer = open_engine(self.art, record, options)
-        stage2 = self.stage2
-        if stage2 is None:
-            return StagedEngine(proposer, None)
-        second = VariantRecord.of(get_kind(record.name))
-        try:
-            return StagedEngine(proposer, open_engine(stage2, second, options))
-        except Exception:
-            proposer.close()
-            raise
+        return open_staged(self.art, self.stage2, record, options)
 
     def parts(self, calib: np.ndarray) -> list[tuple[ModelArtifact, np.ndarray]]:
         stage2 = self.stage2
