@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medinfer.data.mosaic import ABNORMAL, SlideTruth, read_truth
-from medinfer.data.slide_tiles import tile_counts, tile_grid, tissue_mask
+from medinfer.data.mosaic import ABNORMAL, CLASSES, SlideTruth, read_truth
+from medinfer.data.slide_tiles import tile_grid, tissue_mask
 from medinfer.errors import InputError
 from medinfer.io.slides import Slide
 
@@ -191,25 +191,40 @@ def sample_tiles(case: SlideCase, reader: TileReader, rng: np.random.Generator, 
     """Training tiles of one slide with its cells: ``(tiles (n, t, t, 3) uint8, labels (n,))``.
 
     Positives: ``per_cell`` tiles per abnormal cell, placed at random so that its centre
-    lies at least ``margin`` of the span inside the tile. Negatives: ``negatives`` tissue
-    tiles of the slide's grid holding no abnormal cell centre (on normal and abnormal
-    slides alike). Label 1: the tile holds an abnormal cell's centre.
+    lies at least ``margin`` of the span inside the tile. Negatives: ``negatives`` tiles
+    holding no abnormal cell's centre (on normal and abnormal slides alike), half placed the
+    same way around random normal cells, half from the slide's tissue grid, so that "a cell
+    near the middle" does not give a tile away. Label 1: the tile holds an abnormal cell's
+    centre.
     """
     truth = case.read_truth()
     if truth is None:
         raise InputError(case.path, "no cells JSON beside the slide: tile labels are unknown")
     abnormal = truth.centres(ABNORMAL)
+    normal = truth.centres([c for c in CLASSES if c not in ABNORMAL])
+    span = reader.span
+
+    def clear(corner: np.ndarray) -> bool:
+        inside = np.all((abnormal >= corner) & (abnormal < corner + span), axis=1)
+        return not inside.any()
+
     with Slide.open(case.path) as slide:
-        grid = reader.grid(slide, min_tissue)
-        clear = np.flatnonzero(tile_counts(abnormal, grid, reader.tile, reader.downsample) == 0)
-        picks = rng.choice(clear, min(negatives, len(clear)), replace=False) if len(clear) else []
-        corners = [grid[i] for i in picks]
+        grid = np.asarray(reader.grid(slide, min_tissue), np.int64).reshape(-1, 2)
+        corners: list[np.ndarray] = []
+        for pool, around in ((normal, True), (grid, False)):
+            want = negatives // 2 if around else negatives - len(corners)
+            for i in rng.permutation(len(pool))[:4 * want]:
+                corner = _jittered(pool[i], span, margin, rng) if around else pool[i]
+                if clear(corner):
+                    corners.append(corner)
+                if len(corners) >= (want if around else negatives):
+                    break
         labels = [0] * len(corners)
         for c in abnormal:
             for _ in range(per_cell):
-                corners.append(tuple(_jittered(c, reader.span, margin, rng)))
+                corners.append(_jittered(c, span, margin, rng))
                 labels.append(1)
-        tiles = np.stack([reader.read(slide, x, y) for x, y in corners]) if corners else \
+        tiles = np.stack([reader.read(slide, int(x), int(y)) for x, y in corners]) if corners else \
             np.zeros((0, reader.tile, reader.tile, 3), np.uint8)
     return tiles, np.asarray(labels, np.int64)
 
