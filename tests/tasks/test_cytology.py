@@ -184,3 +184,20 @@ def test_bad_slide_folders_and_files(slides: Path, tmp_path: Path, model: ModelA
     assert not (tmp_path / "out").exists()
     res = runner.invoke(app, ["slide", str(cut), "--model", str(model.root), "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and "cut.tif" in res.output
+
+
+def test_report_examples_show_truth_and_heat(model: ModelArtifact, slides: Path) -> None:
+    task = Cytology(model)
+    data = task.load_eval(slides / "val")
+    net = model.load_network()
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(x)).numpy()
+
+    examples = task.examples(data, {"torch-fp32": task.outputs(infer, data)}, 2)
+    assert len(examples) == 2 and all(e.name.endswith(".tif") for e in examples)
+    first = examples[0]
+    assert "label 1" in next(iter(first.pictures)) and "torch-fp32" in first.pictures
+    truth = next(iter(first.pictures.values()))
+    assert (truth == np.array([0, 200, 0], np.uint8)).all(axis=2).any()  # abnormal cells marked

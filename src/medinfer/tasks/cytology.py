@@ -44,7 +44,7 @@ from medinfer.metrics.slides import LogisticAggregator, operating_point, topk_me
 from medinfer.models.cells import decode_centres
 from medinfer.progress import progress_bar
 from medinfer.runtime import Engine, EngineOptions
-from medinfer.tasks.base import GateLimits, Infer, PictureTask, Prediction, WriteOptions, WrittenFile, gate_keys
+from medinfer.tasks.base import Example, GateLimits, Infer, PictureTask, Prediction, WriteOptions, WrittenFile, gate_keys
 from medinfer.tasks.classification import sigmoid
 from medinfer.tasks.detection import StagedEngine, open_staged
 
@@ -402,6 +402,30 @@ class Cytology(PictureTask):
         """One picture as one tile: its probability of holding an abnormal cell."""
         p = float(sigmoid(np.asarray(outputs).reshape(-1)[:1])[0])
         return Prediction(self.name, scores={"abnormal": p}, thresholds={"abnormal": 0.5})
+
+    def examples(self, data: SlideSet, outputs: dict[str, list[SlideResult]], n: int) -> list[Example]:  # type: ignore[override]
+        """Up to ``n`` slides (abnormal ones first): the thumbnail with its abnormal cells
+        marked (green, when the cells' JSON is there) and each variant's heat-map."""
+        order = sorted(range(len(data)), key=lambda i: -data.cases[i].label)[:n]
+        out = []
+        for i in order:
+            case = data.cases[i]
+            with Slide.open(case.path) as slide:
+                thumb = slide.thumbnail(512)
+                size = slide.info.dimensions
+            truth = case.read_truth()
+            marked = thumb.copy()
+            if truth is not None:
+                h, w = thumb.shape[:2]
+                for x, y in truth.centres(ABNORMAL):
+                    a, b = int(y * h / size[1]), int(x * w / size[0])
+                    marked[max(a - 2, 0):a + 3, max(b - 2, 0):b + 3] = (0, 200, 0)
+            pictures = {f"truth (label {case.label})": marked}
+            for variant, results in outputs.items():
+                r = results[i]
+                pictures[variant] = heatmap_overlay(thumb, self.heat_on(r.heat(), thumb.shape[:2], r.size))
+            out.append(Example(case.name, pictures, {v: float(res[i].score) for v, res in outputs.items()}))
+        return out
 
     # -- results -----------------------------------------------------------------------
     def write_files(self, pred: Prediction, image: Image, out_dir: Path,
