@@ -29,6 +29,7 @@ def test_example_config_routes_the_shipped_models() -> None:
     assert route_series(cfg.routes, series("ES"))[1].endswith("polyp-resunet")
     assert route_series(cfg.routes, series("XC", fmt="jpeg"))[0] == "endoscopy"
     assert route_series(cfg.routes, series("CT"))[0] == "chest-ct-lesions"  # a plain (not temporal) CT
+    assert route_series(cfg.routes, series("", fmt="slide"))[1] == str(REPO / "models" / "cervical-cytology")
 
 
 @pytest.mark.parametrize("text, message", [

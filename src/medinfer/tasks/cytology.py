@@ -19,6 +19,7 @@ is drawn on) and its path (``source``); a plain picture is classified as one til
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -143,9 +144,9 @@ class Cytology(PictureTask):
     def handles(cls, art: ModelArtifact) -> bool:
         return art.spec.task == "cytology"
 
-    @property
+    @functools.cached_property
     def stage2(self) -> ModelArtifact | None:
-        """The cell-centre detector (None: one stage)."""
+        """The cell-centre detector (None: one stage), read once."""
         if not self.settings.stage2 or not (self.art.root / self.settings.stage2).is_dir():
             return None
         return ModelArtifact.load(self.art.root / self.settings.stage2)
