@@ -53,6 +53,9 @@ SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".v
 """Files read as whole slides (anything else is read as one picture)."""
 THUMBNAIL = 2048
 """Longer side of the thumbnail a slide's heat-map is drawn on (pixels)."""
+PEAK_FLOOR = 0.01
+"""Stage-2 heat-map peaks at or above this are kept as candidate cells: the best one is the
+slide's stage-2 evidence, those at ``CytologySpec.cell_threshold`` or above are reported."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ class SlideResult:
         size: level-0 ``(width, height)``; span: level-0 pixels of one tile's side.
         positions: (n, 2) level-0 corners of the tiles classified; probs: (n,) their probabilities.
         score1: stage 1's slide score (fusion of ``probs``); flagged: whether stage 2 ran.
-        cells: (m, 4) stage-2 cells: level-0 x, y, score, class index (empty: none or no stage 2).
+        cells: (m, 4) stage-2 candidate cells (heat-map peaks >= ``PEAK_FLOOR``): level-0 x,
+            y, score, class index (empty: none or no stage 2).
         score2: the best cell's score (0: none found; NaN: stage 2 did not run).
         score: the slide score the decision thresholds (two-stage when there is a stage 2).
         seconds: wall time per step (``tissue``, ``stage1``, ``stage2``).
@@ -302,7 +306,7 @@ class Cytology(PictureTask):
             pixels = np.stack([region.read(slide, int(x), int(y)) for x, y in corners])
             logits = np.asarray(stage2(prepare_tiles(pixels, pre)))
             for (x0, y0), out in zip(corners, logits):
-                cells = decode_centres(out, threshold=s.cell_threshold)
+                cells = decode_centres(out, threshold=PEAK_FLOOR)
                 if len(cells):
                     cells[:, 0] += x0
                     cells[:, 1] += y0
@@ -344,7 +348,7 @@ class Cytology(PictureTask):
                            "score": round(float(result.probs[i]), 6)} for i in top],
             "cells": [{"class": classes[int(k)] if int(k) < len(classes) else f"class_{int(k)}",
                        "score": round(float(sc), 6), "x": round(float(x), 1), "y": round(float(y), 1)}
-                      for x, y, sc, k in result.cells],
+                      for x, y, sc, k in result.cells if sc >= s.cell_threshold],
         }
 
     # -- many slides: metrics and gate -------------------------------------------------

@@ -186,20 +186,33 @@ class CytologyRecipe(Recipe[CytologyConfig]):
             preprocessing=cfg.preprocessing.model_copy(update={"size": (side, side)}))
         fit(CellRecipe(), ccfg, art.spec.training.command)
         art.spec.cytology = settings.model_copy(update={"stage2": cfg.cytology.stage2})
-        task = Cytology(art)
-        second = task.stage2
-        assert second is not None
-        net2 = second.load_network()
+        set_two_stage_threshold(art, split.val)
 
-        def infer2(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return net2(torch.from_numpy(x)).numpy()
 
-        both = _run(task, split.val, infer, "both stages on validation slides", infer2)
-        scores = np.array([r.score for r in both])
-        art.spec.cytology = art.spec.cytology.model_copy(update={
-            "two_stage_threshold": threshold_at_sensitivity(scores, val_labels, settings.target_sensitivity)})
-        art.save()
+def set_two_stage_threshold(art: ModelArtifact, val: list[SlideCase]) -> float:
+    """Run both stages (FP32 weights) on the validation slides and store the two-stage
+    threshold giving the artifact's target sensitivity there; returns it."""
+    task = Cytology(art)
+    second = task.stage2
+    if second is None:
+        raise InputError(art.root, "no second stage to set a threshold for")
+    net, net2 = art.load_network(), second.load_network()
+
+    def infer(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net(torch.from_numpy(x)).numpy()
+
+    def infer2(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return net2(torch.from_numpy(x)).numpy()
+
+    both = _run(task, val, infer, "both stages on validation slides", infer2)
+    settings = task.settings
+    threshold = threshold_at_sensitivity(np.array([r.score for r in both]), SlideSet(val).labels,
+                                         settings.target_sensitivity)
+    art.spec.cytology = settings.model_copy(update={"two_stage_threshold": threshold})
+    art.save()
+    return threshold
 
 
 def _run(task: Cytology, cases: list[SlideCase], infer: Any, label: str, infer2: Any = None) -> list[SlideResult]:
