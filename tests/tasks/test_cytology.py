@@ -66,13 +66,14 @@ def test_block_reading_equals_tile_reading(slides: Path) -> None:
     reader = TileReader(32, 2.0, block=3)
     with Slide.open(case.path) as slide:
         grid = reader.grid(slide, 0.05)
-        got = {}
-        for pixels, index in reader.batches(slide, grid, 7):
-            for p, i in zip(pixels, index):
-                got[int(i)] = p
-        assert sorted(got) == list(range(len(grid)))
-        for i in (0, len(grid) // 2, len(grid) - 1):
-            assert np.array_equal(got[i], reader.read(slide, *grid[i]))
+        for workers in (1, 3):
+            got = {}
+            for pixels, index in reader.batches(slide, grid, 7, workers):
+                for p, i in zip(pixels, index):
+                    got[int(i)] = p
+            assert sorted(got) == list(range(len(grid)))
+            for i in (0, len(grid) // 2, len(grid) - 1):
+                assert np.array_equal(got[i], reader.read(slide, *grid[i]))
 
 
 def test_tiles_pooled_from_a_finer_level(tmp_path: Path) -> None:

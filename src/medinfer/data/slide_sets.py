@@ -11,8 +11,11 @@ tile of the file is decoded about once.
 from __future__ import annotations
 
 import csv
+import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,46 +130,74 @@ class TileReader:
         pixels = slide.read_region(level, int(x), int(y), side * pool, side * pool)
         return _pool(pixels, pool)
 
-    def batches(self, slide: Slide, positions: Sequence[tuple[int, int]],
-                batch: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The tiles at ``positions`` in batches: ``(pixels (n, tile, tile, 3) uint8,
-        index (n,) into positions)``, the tiles grouped by block (a block read once).
-
-        Memory: one block (``(block * tile * pool)^2`` pixels) and one batch.
-        """
+    def blocks(self, positions: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Indices into ``positions`` grouped by block, blocks row-major (each read once)."""
         if not len(positions):
-            return
-        level, pool = self.source(slide)
+            return []
         step = self.block * self.span
         xy = np.asarray(positions, np.int64).reshape(-1, 2)
-        order = np.lexsort((xy[:, 0], xy[:, 1], xy[:, 0] // step, xy[:, 1] // step))
+        key = (xy[:, 1] // step) * (int(xy[:, 0].max()) // step + 1) + xy[:, 0] // step
+        order = np.lexsort((xy[:, 0], xy[:, 1], key))
+        cuts = np.flatnonzero(np.diff(key[order])) + 1
+        return np.split(order, cuts)
+
+    def read_block(self, slide: Slide, xy: np.ndarray, members: np.ndarray) -> np.ndarray:
+        """The tiles ``members`` of one block (level-0 corners ``xy[members]``), from one read:
+        (k, tile, tile, 3) uint8."""
+        level, pool = self.source(slide)
+        x0, y0 = xy[members, 0].min(), xy[members, 1].min()
+        w = xy[members, 0].max() - x0 + self.span
+        h = xy[members, 1].max() - y0 + self.span
+        scale = self.downsample  # level-0 pixels per output pixel
+        pixels = _pool(slide.read_region(level, int(x0), int(y0), math.ceil(w / scale) * pool,
+                                         math.ceil(h / scale) * pool), pool)
+        out = np.empty((len(members), self.tile, self.tile, 3), np.uint8)
+        for k, i in enumerate(members):
+            dx, dy = round((xy[i, 0] - x0) / scale), round((xy[i, 1] - y0) / scale)
+            out[k] = pixels[dy:dy + self.tile, dx:dx + self.tile]
+        return out
+
+    def batches(self, slide: Slide, positions: Sequence[tuple[int, int]], batch: int,
+                workers: int = 1) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The tiles at ``positions`` in batches: ``(pixels (n, tile, tile, 3) uint8,
+        index (n,) into positions)``, read block by block (:meth:`blocks`), ``workers``
+        blocks at a time (the slide's decoder releases the GIL), in block order.
+
+        Memory: ``2 * workers`` blocks (``(block * tile * pool)^2`` pixels each) and one batch.
+        """
+        xy = np.asarray(positions, np.int64).reshape(-1, 2)
+        groups = self.blocks(positions)
+        read = functools.partial(self.read_block, slide, xy)
         out = np.empty((batch, self.tile, self.tile, 3), np.uint8)
         index = np.empty(batch, np.int64)
         n = 0
-        start = 0
-        while start < len(order):
-            bx, by = xy[order[start]] // step
-            stop = start
-            while stop < len(order) and tuple(xy[order[stop]] // step) == (bx, by):
-                stop += 1
-            members = order[start:stop]
-            x0, y0 = xy[members, 0].min(), xy[members, 1].min()
-            w = xy[members, 0].max() - x0 + self.span
-            h = xy[members, 1].max() - y0 + self.span
-            scale = self.downsample  # level-0 pixels per output pixel
-            pixels = _pool(slide.read_region(level, int(x0), int(y0), math.ceil(w / scale) * pool,
-                                             math.ceil(h / scale) * pool), pool)
-            for i in members:
-                dx, dy = round((xy[i, 0] - x0) / scale), round((xy[i, 1] - y0) / scale)
-                out[n] = pixels[dy:dy + self.tile, dx:dx + self.tile]
+        for members, tiles in zip(groups, _ordered(read, groups, workers)):
+            for i, tile in zip(members, tiles):
+                out[n] = tile
                 index[n] = i
                 n += 1
                 if n == batch:
                     yield out.copy(), index.copy()
                     n = 0
-            start = stop
         if n:
             yield out[:n].copy(), index[:n].copy()
+
+
+def _ordered(fn: Callable[[np.ndarray], np.ndarray], items: Sequence[np.ndarray],
+             workers: int) -> Iterator[np.ndarray]:
+    """``fn`` of each item, in order, ``workers`` threads computing ahead (at most
+    ``2 * workers`` results waiting)."""
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="slide-read") as pool:
+        pending: deque[Future[np.ndarray]] = deque()
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _pool(pixels: np.ndarray, pool: int) -> np.ndarray:

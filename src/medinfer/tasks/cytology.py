@@ -132,6 +132,8 @@ class Cytology(PictureTask):
     layout: ClassVar[str] = ("a slide folder (labels.csv with columns slide,label, the slides, and "
                              "<slide>.json cells for tile metrics)")
     in_flight: ClassVar[int] = 2
+    readers: ClassVar[int] = 2
+    """Threads decoding blocks of the slide at once (OpenSlide releases the GIL)."""
 
     def __init__(self, art: ModelArtifact, thumbnail: int = THUMBNAIL, progress: bool = False) -> None:
         """``thumbnail``: the longer side of the picture the heat-map is drawn on (the level
@@ -253,8 +255,10 @@ class Cytology(PictureTask):
             t1 = time.perf_counter()
             positions = np.asarray(grid, np.int64).reshape(-1, 2)
             probs = np.zeros(len(positions), np.float32)
+            readers = self.readers if slide.info.backend == "openslide" else 1  # OpenSlide is thread-safe
             batches = prefetched(((prepare_tiles(px, self.spec), idx)
-                                  for px, idx in self.reader.batches(slide, grid, s.batch)), 2 * self.in_flight)
+                                  for px, idx in self.reader.batches(slide, grid, s.batch, readers)),
+                                 2 * self.in_flight)
             group: list[tuple[np.ndarray, np.ndarray]] = []
             n_batches = -(-len(positions) // s.batch)
             with progress_bar(f"tiles of {Path(path).name}", n_batches, progress) as advance:
