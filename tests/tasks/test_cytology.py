@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image as PILImage
 from typer.testing import CliRunner
 
@@ -28,6 +27,7 @@ from medinfer.io.slides import Slide
 from medinfer.optimize.pipeline import OptimizeConfig, optimize
 from medinfer.runtime import EngineOptions
 from medinfer.tasks import Cytology, Predictor, task_for
+from medinfer.train.cytology import network_call
 
 pytest.importorskip("openslide")
 runner = CliRunner()
@@ -113,11 +113,7 @@ def test_slide_prediction_contract(model: ModelArtifact, slides: Path, tmp_path:
 def test_stage2_runs_only_on_flagged_slides(model: ModelArtifact, slides: Path) -> None:
     case = read_slide_folder(slides / "test")[0]
     task = Cytology(model)
-    net = model.load_network()
-    def infer(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return net(torch.from_numpy(x)).numpy()
-
+    infer = network_call(model)
     never = Cytology(ModelArtifact(model.root, model.spec.model_copy(update={
         "cytology": model.spec.cytology.model_copy(update={"flag_threshold": 2.0})})))
     calls = []
@@ -190,12 +186,7 @@ def test_bad_slide_folders_and_files(slides: Path, tmp_path: Path, model: ModelA
 def test_report_examples_show_truth_and_heat(model: ModelArtifact, slides: Path) -> None:
     task = Cytology(model)
     data = task.load_eval(slides / "val")
-    net = model.load_network()
-
-    def infer(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return net(torch.from_numpy(x)).numpy()
-
+    infer = network_call(model)
     examples = task.examples(data, {"torch-fp32": task.outputs(infer, data)}, 2)
     assert len(examples) == 2 and all(e.name.endswith(".tif") for e in examples)
     first = examples[0]

@@ -10,7 +10,7 @@ sets the flag and two-stage thresholds on the validation slides.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -149,12 +149,7 @@ class CytologyRecipe(Recipe[CytologyConfig]):
         settings = cfg.cytology.model_copy(update={"stage2": ""})
         art.spec.cytology = settings
         task = Cytology(art)
-        net = art.load_network()
-
-        def infer(x: np.ndarray) -> np.ndarray:
-            with torch.no_grad():
-                return net(torch.from_numpy(x)).numpy()
-
+        infer = network_call(art)
         train_results = _run(task, split.train, infer, "stage 1 on training slides")
         val_results = _run(task, split.val, infer, "stage 1 on validation slides")
         val_labels = SlideSet(split.val).labels
@@ -191,28 +186,32 @@ class CytologyRecipe(Recipe[CytologyConfig]):
 
 def set_two_stage_threshold(art: ModelArtifact, val: list[SlideCase]) -> float:
     """Run both stages (FP32 weights) on the validation slides and store the two-stage
-    threshold giving the artifact's target sensitivity there; returns it."""
+    threshold giving the artifact's target sensitivity there, and the two-stage validation
+    metrics at it; returns the threshold."""
     task = Cytology(art)
     second = task.stage2
     if second is None:
         raise InputError(art.root, "no second stage to set a threshold for")
-    net, net2 = art.load_network(), second.load_network()
+    both = _run(task, val, network_call(art), "both stages on validation slides", network_call(second))
+    settings = task.settings
+    threshold = threshold_at_sensitivity(np.array([r.score for r in both]), SlideSet(val).labels,
+                                         settings.target_sensitivity)
+    art.spec.cytology = settings.model_copy(update={"two_stage_threshold": threshold})
+    scored = Cytology(art).metrics(both, SlideSet(val))
+    art.spec.metrics.update({k: v for k, v in scored.items() if k.endswith("_2stage") or k == "flagged"})
+    art.save()
+    return threshold
+
+
+def network_call(art: ModelArtifact) -> Callable[[np.ndarray], np.ndarray]:
+    """The artifact's FP32 network (PyTorch, no gradients) as a batch -> outputs call."""
+    net = art.load_network()
 
     def infer(x: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             return net(torch.from_numpy(x)).numpy()
 
-    def infer2(x: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return net2(torch.from_numpy(x)).numpy()
-
-    both = _run(task, val, infer, "both stages on validation slides", infer2)
-    settings = task.settings
-    threshold = threshold_at_sensitivity(np.array([r.score for r in both]), SlideSet(val).labels,
-                                         settings.target_sensitivity)
-    art.spec.cytology = settings.model_copy(update={"two_stage_threshold": threshold})
-    art.save()
-    return threshold
+    return infer
 
 
 def _run(task: Cytology, cases: list[SlideCase], infer: Any, label: str, infer2: Any = None) -> list[SlideResult]:
