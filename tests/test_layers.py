@@ -19,7 +19,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "medinfer"
 RANK = {
     "errors": 0, "variants": 0, "progress": 0,
     "io": 1, "models": 1, "metrics": 1,
-    "data": 2, "perfusion": 2,
+    "data": 2, "perfusion": 2, "profiling": 2,
     "artifact": 3,
     "runtime": 4,
     "partition": 5,

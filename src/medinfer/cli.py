@@ -239,6 +239,21 @@ def perfusion(
 
 
 @app.command()
+def moa(
+    out: Annotated[Path, typer.Option(help="Results folder: confusion_nsc.png, confusion_nscb.png, embedding_pca.png, moa.json.")],
+    data: Annotated[Optional[Path], typer.Option(help="Folder of the BBBC021 per-well profiles (ljosa_jbiomolscreen_2013_per_well_mean.csv.gz, BBBC021_v1_image.csv.gz, BBBC021_v1_moa.csv); default: the repository's sibling shared/data/hcs-bbbc021/profiles.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the JSON summary here.")] = None,
+) -> None:
+    """Mechanism-of-action profiling of BBBC021: per-plate DMSO normalisation, treatment
+    profiles, 1-NN (cosine) MoA accuracy under the NSC, NSCB and random protocols; prints the JSON."""
+    from medinfer.apps.moa import run_moa
+
+    with console.status("moa: reading profiles, normalising, nearest neighbours, figures"):
+        summary = run_moa(data, out)
+    _emit_json(summary, json_out)
+
+
+@app.command()
 def optimize(
     model: Annotated[Path, typer.Option(help="Model artifact folder (variants are written into it).")],
     calib: Annotated[Path, typer.Option(help="Calibration data (training data, never validation).")],
