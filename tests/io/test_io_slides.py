@@ -11,7 +11,8 @@ import pytest
 import tifffile
 
 from medinfer.errors import BackendUnavailableError, InputError
-from medinfer.data.slide_tiles import iter_tiles, tile_grid, tissue_mask
+from medinfer.data.slide_sets import TileReader
+from medinfer.data.slide_tiles import tile_grid, tissue_mask
 from medinfer.io.slides import Slide
 
 openslide = pytest.importorskip("openslide")
@@ -270,17 +271,17 @@ def test_tile_grid_coverage_threshold(jpeg_slide: Path) -> None:
     assert set(strict) < set(loose) and (384, 384) not in strict and (384, 0) in loose
 
 
-def test_iter_tiles_yields_bounded_batches(jpeg_slide: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tile_batches_are_read_lazily(jpeg_slide: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with Slide.open(jpeg_slide) as slide:
         grid = tile_grid(slide, TILE, level=1)
+        reader = TileReader(TILE, slide.info.level_downsamples[1], block=1)
         calls = counting(monkeypatch, slide)
-        batches = iter_tiles(slide, grid, TILE, level=1, batch=5)
-        pixels, where = next(batches)
-        assert len(calls) == 5  # lazy: one batch read at a time
+        batches = reader.batches(slide, grid, 5)
+        pixels, index = next(batches)
+        assert len(calls) == 5  # lazy: one batch read at a time (a block of one tile each)
         rest = list(batches)
-        assert pixels.shape == (5, TILE, TILE, 3) and where == grid[:5]
-        assert [len(w) for _, w in rest] == [5, 2] and rest[-1][1] == grid[-2:]
+        assert pixels.shape == (5, TILE, TILE, 3) and list(index) == [0, 1, 2, 3, 4]
+        assert [len(i) for _, i in rest] == [5, 2] and list(rest[-1][1]) == [len(grid) - 2, len(grid) - 1]
         np.testing.assert_array_equal(pixels[1], slide.read_region(1, *grid[1], TILE, TILE))
 
 

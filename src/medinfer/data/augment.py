@@ -1,7 +1,10 @@
-"""2D segmentation training augmentation, built from MONAI dictionary transforms.
+"""Training augmentation of 2D pictures.
 
-Two recipes: the DQ-ResUNet paper's (rotation + horizontal flip) and a stronger one for
-training from scratch on a few hundred images (:func:`strong_augmentation`).
+Two segmentation recipes built from MONAI dictionary transforms: the DQ-ResUNet paper's
+(rotation + horizontal flip) and a stronger one for training from scratch on a few hundred
+images (:func:`strong_augmentation`); and for slide tiles and regions, 90-degree turns,
+mirroring and stain jitter with the labelled points moved along (:func:`augment_pictures`,
+:func:`turn_points`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from monai.transforms import (
     RandScaleIntensityd,
     RandShiftIntensityd,
 )
+
+from medinfer.data.preprocess import normalize
+from medinfer.data.spec import Preprocessing
 
 
 def paper_augmentation(prob: float = 0.5, max_degrees: float = 30.0, seed: int = 0) -> Compose:
@@ -77,3 +83,33 @@ def augment_batch(aug: Compose, images: np.ndarray, masks: np.ndarray) -> tuple[
         xs.append(torch.as_tensor(out["image"]))
         ys.append(torch.as_tensor(out["mask"]))
     return torch.stack(xs).float(), torch.stack(ys).float()
+
+
+def augment_pictures(pixels: np.ndarray, rng: np.random.Generator, spec: Preprocessing,
+                     stain: float = 0.1) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Random 90-degree turns, mirroring and stain jitter of (n, h, w, 3) uint8 pictures,
+    normalized by ``spec``. Returns the batch (n, 3, h, w) and each picture's turns and
+    flips (to move labelled points along, :func:`turn_points`)."""
+    n = len(pixels)
+    turns = rng.integers(0, 4, n)
+    flips = rng.random(n) < 0.5
+    out = np.empty((n, 3, pixels.shape[1], pixels.shape[2]), np.float32)
+    od_scale = np.exp(rng.normal(0, stain, (n, 3))).astype(np.float32)
+    for i in range(n):
+        p = np.rot90(pixels[i], turns[i])
+        if flips[i]:
+            p = p[:, ::-1]
+        od = -np.log(np.maximum(p.astype(np.float32), 1.0) / 255.0) * od_scale[i]
+        out[i] = np.moveaxis(np.exp(-od) * 255.0, -1, 0)
+    return torch.from_numpy(normalize(out, spec)), turns, flips
+
+
+def turn_points(points: np.ndarray, side: int, turns: int, flip: bool) -> np.ndarray:
+    """(m, 2) ``(x, y)`` of a ``side``-pixel square picture after ``np.rot90(k=turns)`` and,
+    when ``flip``, a left-right mirror (the same moves :func:`augment_pictures` made)."""
+    x, y = points[:, 0].copy(), points[:, 1].copy()
+    for _ in range(turns % 4):  # np.rot90 turns counter-clockwise: (x, y) -> (y, side - 1 - x)
+        x, y = y, side - 1 - x
+    if flip:
+        x = side - 1 - x
+    return np.stack([x, y], 1).astype(np.float32)

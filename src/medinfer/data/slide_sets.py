@@ -261,14 +261,15 @@ def sample_tiles(case: SlideCase, reader: TileReader, rng: np.random.Generator, 
 
 
 def sample_regions(case: SlideCase, side: int, rng: np.random.Generator, *, negatives: int = 8,
-                   per_cell: int = 1, classes: Sequence[str] = ABNORMAL,
-                   margin: float = 0.15) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+                   per_cell: int = 1, classes: Sequence[str] = ABNORMAL, margin: float = 0.15,
+                   limit: int | None = None) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
     """Level-0 training regions of one slide for the cell-centre detector.
 
     Returns ``(regions (n, side, side, 3) uint8, centres, labels)``: per region the
     region-local ``(x, y)`` of every cell of ``classes`` whose centre lies within half a
     cell of it, and their class indices. Regions: ``per_cell`` around each such cell
-    (placed at random) and ``negatives`` at random tissue positions.
+    (placed at random) and ``negatives`` at random tissue positions; with ``limit``, only
+    ``limit`` of those, drawn at random, are read.
     """
     truth = case.read_truth()
     if truth is None:
@@ -283,6 +284,8 @@ def sample_regions(case: SlideCase, side: int, rng: np.random.Generator, *, nega
         grid = tile_grid(slide, side, 0, tissue_mask(slide), 0.2)
         if grid:
             corners += [grid[i] for i in rng.choice(len(grid), min(negatives, len(grid)), replace=False)]
+        if limit is not None:
+            corners = [corners[i] for i in rng.permutation(len(corners))[:limit]]
         regions = np.stack([reader.read(slide, x, y) for x, y in corners]) if corners else \
             np.zeros((0, side, side, 3), np.uint8)
     centres, labels = [], []

@@ -1,20 +1,21 @@
 """Where the cells are on a whole slide, and the tiles a network reads there.
 
 A mask of "something on the glass" at a low level (:func:`tissue_mask`), the level-0
-positions of the tiles it covers (:func:`tile_grid`), and those tiles in batches of bounded
-memory (:func:`iter_tiles`), over a :class:`~medinfer.io.slides.Slide`.
+positions of the tiles it covers (:func:`tile_grid`) and how many recorded cells each tile
+holds (:func:`tile_counts`), over a :class:`~medinfer.io.slides.Slide`. The tiles themselves
+are read by :class:`medinfer.data.slide_sets.TileReader` (by blocks, bounded memory).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 from scipy import ndimage
 
 from medinfer.io.slides import Slide
 
-__all__ = ["iter_tiles", "tile_counts", "tile_grid", "tissue_mask"]
+__all__ = ["tile_counts", "tile_grid", "tissue_mask"]
 
 
 def _otsu(values: np.ndarray) -> float:
@@ -123,39 +124,6 @@ def _coverage(mask: tuple[np.ndarray, float], xs: np.ndarray, ys: np.ndarray,
     cy0, cy1 = np.clip(y0, 0, height), np.clip(y1, 0, height)
     inside = table[cy1, cx1] - table[cy0, cx1] - table[cy1, cx0] + table[cy0, cx0]
     return inside / area
-
-
-def iter_tiles(slide: Slide, positions: Iterable[tuple[int, int]], tile: int, level: int = 0,
-               batch: int = 32) -> Iterator[tuple[np.ndarray, list[tuple[int, int]]]]:
-    """Read tiles in batches for a network, one batch in memory at a time.
-
-    Args:
-        slide: the open slide.
-        positions: level-0 ``(x, y)`` of each tile (as :func:`tile_grid` gives them).
-        tile: tile side in pixels of ``level``.
-        level: the level read.
-        batch: tiles per batch (the last one may be smaller).
-
-    Yields:
-        ``(pixels, positions)``: (n, tile, tile, 3) uint8 and the n level-0 ``(x, y)``.
-    """
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, not {batch}")
-    chunk: list[tuple[int, int]] = []
-    for position in positions:
-        chunk.append((int(position[0]), int(position[1])))
-        if len(chunk) == batch:
-            yield _read_batch(slide, chunk, tile, level), chunk
-            chunk = []
-    if chunk:
-        yield _read_batch(slide, chunk, tile, level), chunk
-
-
-def _read_batch(slide: Slide, chunk: list[tuple[int, int]], tile: int, level: int) -> np.ndarray:
-    out = np.empty((len(chunk), tile, tile, 3), np.uint8)
-    for i, (x, y) in enumerate(chunk):
-        out[i] = slide.read_region(level, x, y, tile, tile)
-    return out
 
 
 def tile_counts(points: np.ndarray, positions: Iterable[tuple[int, int]], tile: int,

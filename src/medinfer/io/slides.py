@@ -39,9 +39,16 @@ from PIL import Image as PILImage
 
 from medinfer.errors import BackendUnavailableError, InputError
 
-__all__ = ["BACKENDS", "DEFAULT_MAX_PIXELS", "CacheInfo", "Slide", "SlideInfo"]
+__all__ = ["BACKENDS", "DEFAULT_MAX_PIXELS", "MULTI_FILE_SUFFIXES", "SINGLE_FILE_SUFFIXES",
+           "SLIDE_SUFFIXES", "CacheInfo", "Slide", "SlideInfo"]
 
 BACKENDS = ("openslide", "tiffslide")
+SINGLE_FILE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif", ".svslide")
+"""Slide formats one file holds whole."""
+MULTI_FILE_SUFFIXES = (".mrxs", ".vms", ".vmu")
+"""Slide formats made of an index file plus other files (one upload cannot carry them)."""
+SLIDE_SUFFIXES = SINGLE_FILE_SUFFIXES + MULTI_FILE_SUFFIXES
+"""Files read as whole slides (OpenSlide's formats; the generic tiled TIFF among them)."""
 DEFAULT_MAX_PIXELS = 64 * 1024 * 1024
 # Pixels of one level strip read while downsampling a whole level (thumbnail, mask).
 _STRIP_PIXELS = 8 * 1024 * 1024
@@ -299,7 +306,7 @@ class Slide:
         downsample = self.info.level_downsamples[level]
         if w < 1 or h < 1 or w * h > self.max_pixels:
             raise InputError(self.info.path, f"cannot read a {w} x {h} region at once (1 to "
-                             f"{self.max_pixels} pixels): read tiles (read_tile, iter_tiles) "
+                             f"{self.max_pixels} pixels): read tiles (read_tile, data.slide_sets.TileReader) "
                              "or a coarser level (best_level)")
         lx, ly = math.floor(x / downsample), math.floor(y / downsample)
         x0, y0, x1, y1 = max(lx, 0), max(ly, 0), min(lx + w, level_w), min(ly + h, level_h)

@@ -31,18 +31,12 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from medinfer.errors import InputError
-from medinfer.io.slides import Slide
+from medinfer.io.slides import MULTI_FILE_SUFFIXES, SINGLE_FILE_SUFFIXES, Slide
 from medinfer.serve.config import RouteConfig
 from medinfer.serve.routing import slide_routes
 
-__all__ = ["MULTI_FILE_SUFFIXES", "SLIDE_SUFFIXES", "SlideUpload", "pick_slide_route",
-           "receive_slide", "slide_suffix", "verify_slide"]
+__all__ = ["SlideUpload", "pick_slide_route", "receive_slide", "slide_suffix", "verify_slide"]
 
-SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".scn", ".bif", ".svslide")
-"""Slide formats one uploaded file holds whole (all read as slides by the cytology task,
-``medinfer.tasks.cytology.SLIDE_SUFFIXES``, which the API process does not import: torch)."""
-MULTI_FILE_SUFFIXES = (".mrxs", ".vms", ".vmu")
-"""Slide formats made of an index file plus other files: one upload cannot carry them."""
 VERIFY_SIDE = 256
 """The thumbnail read to check an uploaded slide (its smallest level of at least this side:
 the end of the pyramid, where a file cut short loses its data first)."""
@@ -71,10 +65,10 @@ def slide_suffix(name: str) -> str:
     suffix = PurePosixPath(name).suffix.lower()
     if suffix in MULTI_FILE_SUFFIXES:
         raise InputError(name, f"a {suffix} slide is several files; upload one file of "
-                               f"{', '.join(SLIDE_SUFFIXES)}")
-    if suffix not in SLIDE_SUFFIXES:
+                               f"{', '.join(SINGLE_FILE_SUFFIXES)}")
+    if suffix not in SINGLE_FILE_SUFFIXES:
         raise InputError(name, "not a whole-slide image: the file name must end in one of "
-                               + ", ".join(SLIDE_SUFFIXES))
+                               + ", ".join(SINGLE_FILE_SUFFIXES))
     return suffix
 
 

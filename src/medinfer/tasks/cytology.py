@@ -39,7 +39,7 @@ from medinfer.io import Image
 from medinfer.io.derived import write_png
 from medinfer.io.limits import ReadLimits
 from medinfer.io.slide_results import heatmap_overlay, write_cells_geojson
-from medinfer.io.slides import Slide
+from medinfer.io.slides import SLIDE_SUFFIXES, Slide
 from medinfer.metrics.classification import roc_auc
 from medinfer.metrics.slides import LogisticAggregator, operating_point, topk_mean
 from medinfer.models.cells import decode_centres
@@ -49,8 +49,6 @@ from medinfer.tasks.base import Example, GateLimits, Infer, PictureTask, Predict
 from medinfer.tasks.classification import sigmoid
 from medinfer.tasks.detection import StagedEngine, open_staged
 
-SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".mrxs", ".scn", ".bif", ".vms", ".vmu", ".svslide")
-"""Files read as whole slides (anything else is read as one picture)."""
 THUMBNAIL = 2048
 """Longer side of the thumbnail a slide's heat-map is drawn on (pixels)."""
 PEAK_FLOOR = 0.01
@@ -170,7 +168,7 @@ class Cytology(PictureTask):
             return []
         rng = np.random.default_rng(0)
         side = int(stage2.spec.preprocessing.size[0])
-        regions = [sample_regions(c, side, rng, negatives=4, per_cell=1)[0][:8] for c in self.calib_cases
+        regions = [sample_regions(c, side, rng, negatives=4, per_cell=1, limit=8)[0] for c in self.calib_cases
                    if c.truth is not None]
         pixels = np.concatenate(regions) if regions else np.zeros((0, side, side, 3), np.uint8)
         return [(stage2, prepare_tiles(pixels, stage2.spec.preprocessing))]

@@ -21,9 +21,8 @@ from pydantic import Field
 
 from medinfer.artifact import ArtifactSpec, DataSplit, InputSpec, ModelArtifact
 from medinfer.data.mosaic import ABNORMAL
-from medinfer.data.preprocess import normalize
+from medinfer.data.augment import augment_pictures, turn_points
 from medinfer.data.slide_sets import SlideCase, TileReader, read_slide_folder, sample_regions, sample_tiles
-from medinfer.data.spec import Preprocessing
 from medinfer.errors import InputError
 from medinfer.metrics.classification import roc_auc
 from medinfer.metrics.slides import LogisticAggregator, threshold_at_sensitivity, topk_mean
@@ -54,36 +53,6 @@ def slide_split(data: Path) -> Split:
 
 def _is_training(cfg: FitConfig, items: list[SlideCase]) -> bool:
     return bool(items) and items[0].path.parent.resolve() == (Path(cfg.data) / "train").resolve()
-
-
-def augment_pictures(pixels: np.ndarray, rng: np.random.Generator, spec: Preprocessing,
-                     stain: float = 0.1) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Random 90-degree turns, mirroring and stain jitter of (n, h, w, 3) uint8 pictures,
-    normalized by ``spec``. Returns the batch (n, 3, h, w) and each picture's turns and
-    flips (to move labelled points along, :func:`turn_points`)."""
-    n = len(pixels)
-    turns = rng.integers(0, 4, n)
-    flips = rng.random(n) < 0.5
-    out = np.empty((n, 3, pixels.shape[1], pixels.shape[2]), np.float32)
-    od_scale = np.exp(rng.normal(0, stain, (n, 3))).astype(np.float32)
-    for i in range(n):
-        p = np.rot90(pixels[i], turns[i])
-        if flips[i]:
-            p = p[:, ::-1]
-        od = -np.log(np.maximum(p.astype(np.float32), 1.0) / 255.0) * od_scale[i]
-        out[i] = np.moveaxis(np.exp(-od) * 255.0, -1, 0)
-    return torch.from_numpy(normalize(out, spec)), turns, flips
-
-
-def turn_points(points: np.ndarray, side: int, turns: int, flip: bool) -> np.ndarray:
-    """(m, 2) ``(x, y)`` of a ``side``-pixel square picture after ``np.rot90(k=turns)`` and,
-    when ``flip``, a left-right mirror (the same moves :func:`augment_pictures` made)."""
-    x, y = points[:, 0].copy(), points[:, 1].copy()
-    for _ in range(turns % 4):  # np.rot90 turns counter-clockwise: (x, y) -> (y, side - 1 - x)
-        x, y = y, side - 1 - x
-    if flip:
-        x = side - 1 - x
-    return np.stack([x, y], 1).astype(np.float32)
 
 
 @dataclass(frozen=True)
