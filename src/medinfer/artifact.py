@@ -101,6 +101,8 @@ class EpochRecord(BaseModel):
         train_loss: mean loss over the epoch's training batches (None when no batch ran).
         lr: learning rate during the epoch (None in version-1 3D records, which did not keep it).
         seconds: wall time of the epoch, its validation included.
+        train_seconds: wall time of the epoch's training steps alone.
+        samples: training samples the epoch stepped on, over all processes.
         metrics: the task's validation metrics (``dice``, ``iou``, ``n`` or ``mean_auc``,
             ``abnormal_auc``, ``auc/<class>``, ``n``); empty when the epoch was not validated.
     """
@@ -111,6 +113,8 @@ class EpochRecord(BaseModel):
     train_loss: float | None = None
     lr: float | None = None
     seconds: float = 0.0
+    train_seconds: float | None = None
+    samples: int | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -181,6 +185,10 @@ class TrainingRecord(BaseModel):
         optimize: what ``medinfer optimize`` was run with (calibration, validation, gate).
         machine: the CPU the run trained on (model, cores, ISA flags) and the step
             arithmetic used (``precision`` fp32/bf16, ``channels_last``).
+        parallel: a data-parallel run's processes and communication (``world``, ``nodes``,
+            ``backend``, ``batch_per_rank``, ``global_batch``, ``lr``, ``allreduce_bytes``
+            per rank, ``rank_spread``: the largest difference of a weight between ranks at
+            the end); empty for one process.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -200,6 +208,7 @@ class TrainingRecord(BaseModel):
     history: list[EpochRecord] = Field(default_factory=list)
     optimize: dict[str, Any] = Field(default_factory=dict)
     machine: dict[str, Any] = Field(default_factory=dict)
+    parallel: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod

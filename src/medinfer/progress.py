@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
-def status_progress() -> Progress:
-    """A progress display with a free-text ``status`` field per task (epochs, losses, files).
+def status_progress(enabled: bool = True) -> Progress:
+    """A progress display with a free-text ``status`` field per task (epochs, losses, files);
+    drawing nothing when not ``enabled`` (the other ranks of a data-parallel run).
 
     Example::
 
@@ -19,7 +20,7 @@ def status_progress() -> Progress:
             bar.update(t, advance=1, status="loss 0.31")
     """
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("{task.fields[status]}"))
+                    TimeElapsedColumn(), TextColumn("{task.fields[status]}"), disable=not enabled)
 
 
 @contextlib.contextmanager

@@ -14,8 +14,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import socket
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from medinfer.artifact import ModelArtifact
 from medinfer.errors import InputError, MedinferError
 from medinfer.io import Image, read_image, write_mask_nifti
 from medinfer.partition.distributed import LAST_STATS, Mesh, distributed_inference
-from medinfer.runtime import EngineOptions
+from medinfer.runtime import EngineOptions, launch
 from medinfer.tasks import Predictor, Task, VolumeInference, task_for
 from medinfer.tasks.volume import pad_to_stride
 
@@ -90,29 +88,14 @@ def run_rank(job: PartitionJob) -> Path | None:
     return write_mask_nifti(task.postprocess(logits, image).mask, job.out, reference=image)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run_torchrun(job: PartitionJob) -> Path:
     """Start one rank per mesh block with torchrun and wait; writes ``job.out``."""
     n = math.prod(job.mesh)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
-           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-           "-m", "medinfer.apps.partition", "--model", str(job.model),
-           "--mesh", "x".join(map(str, job.mesh)), "--out", str(job.out), str(job.input)]
+    args = ["--model", str(job.model), "--mesh", "x".join(map(str, job.mesh)), "--out", str(job.out),
+            str(job.input)]
     if job.threads:
-        cmd += ["--threads", str(job.threads)]
-    log.info("starting %d ranks: %s", n, " ".join(cmd))
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
-        for line in tail.splitlines():
-            if "InputError" in line or "ArtifactError" in line:
-                raise MedinferError(line.split(":", 1)[-1].strip())
-        raise MedinferError(f"torchrun failed (exit {proc.returncode}):\n{tail}")
+        args += ["--threads", str(job.threads)]
+    launch.run_torchrun(launch.Launch(nproc_per_node=n), "medinfer.apps.partition", args)
     if not job.out.is_file():
         raise MedinferError(f"torchrun finished but wrote no {job.out}")
     return job.out

@@ -63,6 +63,7 @@ def _unet(up: str, **kwargs: object) -> UNet:
 def resunet(
     *, in_channels: int, out_channels: int, channels: Sequence[int], strides: Sequence[int],
     num_res_units: int, dropout: float = 0.0, act: str = "prelu", up: str = "deconv",
+    norm: str | None = "batch",
 ) -> torch.nn.Module:
     """Residual U-Net (ResUNet): U-Net whose encoder/decoder blocks are residual units.
 
@@ -73,13 +74,16 @@ def resunet(
     convolutions and INT8 quantization sees plain conv layers. ``act="relu"`` and
     ``up="resize"`` (:class:`ResizeUNet`) give a network whose every layer quantizes;
     the defaults (PReLU, transposed convolutions) are MONAI's and the first polyp model's.
+    ``norm``: ``batch`` (the default), ``instance`` or None (none). In data-parallel training
+    batch norm sees only each process's share of the batch; without it (None) W processes
+    train the weights of one process on the whole batch.
 
     Input (N, in_channels, H, W) with H, W divisible by 16; output (N, out_channels, H, W) logits.
     """
     return _unet(
         up, spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
         channels=tuple(channels), strides=tuple(strides), num_res_units=num_res_units,
-        norm="batch", dropout=dropout, act=act,
+        norm=norm, dropout=dropout, act=act,
     )
 
 

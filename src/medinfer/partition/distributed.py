@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from medinfer.partition.errors import PartitionGeometryError
 from medinfer.partition.geometry import Layout, split_axis
 from medinfer.partition.receptive import network_geometry
 from medinfer.partition.tiled import TiledTensor, tracking
+from medinfer.runtime.launch import init_distributed
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +61,6 @@ class Mesh:
         if not spatial or min(spatial) < 1:
             raise ValueError(f"mesh {text!r} is not like 2x2x1")
         return cls(spatial, data)
-
-
-def init_distributed() -> torch.device:
-    """Join the torchrun job if not yet joined (NCCL with CUDA, else gloo); this rank's device."""
-    cuda = torch.cuda.is_available()
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
-    if cuda and dist.get_backend() == "nccl":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
-        torch.cuda.set_device(device)
-        return device
-    return torch.device("cpu")
 
 
 def _replica(mesh: Mesh) -> tuple[list[int], dist.ProcessGroup | None, int]:

@@ -27,8 +27,14 @@ class FitConfig(BaseModel):
         architecture: a registered network (``medinfer.models.list_models()``).
         arch_kwargs: architecture arguments over the registry's defaults, e.g. ``channels``.
         epochs: epochs to train (fewer when ``max_minutes`` runs out).
-        batch_size: samples per optimizer step.
-        lr: initial learning rate.
+        batch_size: samples per optimizer step of one process (a data-parallel run of W
+            processes steps on W x ``batch_size`` samples).
+        lr: initial learning rate (of one process; see ``lr_scaling``).
+        lr_scaling: the learning rate of a data-parallel run of W processes: ``linear``
+            (``lr`` x W, the rule of Goyal et al. 2017 for a W times larger batch), ``sqrt``
+            (``lr`` x sqrt(W)) or ``none`` (``lr``). One process: ``lr``.
+        warmup_epochs: over this many epochs the learning rate rises step by step from
+            ``lr`` to the scaled one (gradual warm-up; 0: none; nothing to warm with W = 1).
         optimizer: ``adam`` or ``adamw`` (decoupled weight decay).
         weight_decay: L2 (``adam``) or decoupled (``adamw``) weight decay.
         schedule: ``step`` (times ``lr_gamma`` every ``lr_step`` epochs), ``cosine`` (to 0
@@ -48,6 +54,10 @@ class FitConfig(BaseModel):
             continue or fine-tune a run; its architecture and channels must be this config's).
         prefetch: training batches a background thread prepares ahead of the step
             (augmentation overlaps computation); 0 draws them in the training thread.
+        checkpoint: write ``<out>/checkpoint.pt`` (network, optimizer, schedule, generator
+            state, record) after every epoch; removed when the run completes.
+        resume: continue from ``<out>/checkpoint.pt`` when it is there (the epochs it holds
+            are not trained again; the resumed run draws the batches the interrupted one would have).
         preprocessing: how images become network inputs (stored in the artifact).
     """
 
@@ -61,6 +71,8 @@ class FitConfig(BaseModel):
     epochs: int = Field(100, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(1e-3, gt=0)
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    warmup_epochs: float = Field(0.0, ge=0)
     optimizer: Literal["adam", "adamw"] = "adam"
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["step", "cosine", "constant"] = "step"
@@ -74,6 +86,8 @@ class FitConfig(BaseModel):
     channels_last: bool = False
     prefetch: int = Field(2, ge=0)
     init: Path | None = None
+    checkpoint: bool = True
+    resume: bool = False
     preprocessing: Preprocessing = Preprocessing()
 
     @field_validator("preprocessing", mode="before")

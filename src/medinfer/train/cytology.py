@@ -32,7 +32,7 @@ from medinfer.tasks.cells import CellRegions, load_regions
 from medinfer.tasks.cytology import Cytology, SlideResult, SlideSet
 from medinfer.train.classify import pos_weight
 from medinfer.train.config import CytologyConfig, FitConfig
-from medinfer.train.recipes import Batch, Progress, Recipe, Sampler, Split
+from medinfer.train.recipes import Batch, Progress, Recipe, Sampler, Shard, Split, index_batches
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,11 @@ class CytologyRecipe(Recipe[CytologyConfig]):
     def loss(self, cfg: CytologyConfig, train: TileSet) -> torch.nn.Module:
         return torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight(train.labels[:, None].astype(np.float32), 10.0))
 
-    def sampler(self, cfg: CytologyConfig, train: TileSet) -> Sampler:
-        def draw(rng: np.random.Generator) -> Iterator[Batch]:
-            order = rng.permutation(len(train))
-            for i in range(0, len(order) - 1, cfg.batch_size):
-                idx = np.sort(order[i:i + cfg.batch_size])
+    def sampler(self, cfg: CytologyConfig, train: TileSet, shard: Shard = Shard()) -> Sampler:
+        def draw(shared: np.random.Generator) -> Iterator[Batch]:
+            rng = shard.generator(shared)
+            for idx in index_batches(len(train), cfg.batch_size, shared, shard):
+                idx = np.sort(idx)
                 x, _, _ = augment_pictures(train.tiles[idx], rng, cfg.preprocessing)
                 yield x, torch.from_numpy(train.labels[idx, None].astype(np.float32))
 
@@ -259,13 +259,12 @@ class CellRecipe(Recipe[CellConfig]):
     def loss(self, cfg: CellConfig, train: RegionSet) -> torch.nn.Module:
         return CentreLoss()
 
-    def sampler(self, cfg: CellConfig, train: RegionSet) -> Sampler:
+    def sampler(self, cfg: CellConfig, train: RegionSet, shard: Shard = Shard()) -> Sampler:
         side = int(cfg.preprocessing.size[0])
 
-        def draw(rng: np.random.Generator) -> Iterator[Batch]:
-            order = rng.permutation(len(train))
-            for i in range(0, len(order) - 1, cfg.batch_size):
-                idx = order[i:i + cfg.batch_size]
+        def draw(shared: np.random.Generator) -> Iterator[Batch]:
+            rng = shard.generator(shared)
+            for idx in index_batches(len(train), cfg.batch_size, shared, shard):
                 x, turns, flips = augment_pictures(train.pixels[idx], rng, cfg.preprocessing)
                 y = np.stack([centre_targets(turn_points(train.centres[j], side, t, f), train.classes[j],
                                              (side, side), len(cfg.classes), cfg.sigma)

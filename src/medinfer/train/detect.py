@@ -23,7 +23,7 @@ from medinfer.errors import InputError
 from medinfer.models.detection import AnchorSpec, DetectionLoss, DetectorGeometry
 from medinfer.tasks.detection import COLUMNS, Detection, DetectionSet, input_boxes, load_series
 from medinfer.train.config import ClassifyConfig, DetectConfig
-from medinfer.train.recipes import Batch, ClassificationRecipe, Progress, Recipe, Sampler, Split
+from medinfer.train.recipes import Batch, ClassificationRecipe, Progress, Recipe, Sampler, Shard, Split
 
 LESION = ("lesion",)
 """The one class of the shipped detector."""
@@ -143,11 +143,13 @@ class DetectionRecipe(Recipe[DetectConfig]):
     def epoch_samples(self, cfg: DetectConfig, train: DetectionSet) -> int:
         return cfg.samples_per_epoch
 
-    def sampler(self, cfg: DetectConfig, train: DetectionSet) -> Sampler:
+    def sampler(self, cfg: DetectConfig, train: DetectionSet, shard: Shard = Shard()) -> Sampler:
         boxes = input_boxes(train)
+        samples = shard.count(cfg.samples_per_epoch)
 
-        def draw(rng: np.random.Generator) -> Iterator[Batch]:
-            for _ in range(0, cfg.samples_per_epoch, cfg.batch_size):
+        def draw(shared: np.random.Generator) -> Iterator[Batch]:
+            rng = shard.generator(shared)
+            for _ in range(0, samples, cfg.batch_size):
                 idx = rng.integers(0, len(train), cfg.batch_size)
                 images = train.images[idx]  # fancy indexing: a copy, pasted into freely
                 picked = paste_lesions(images, [boxes[i] for i in idx], train, boxes, rng, cfg.paste_prob)

@@ -44,10 +44,42 @@ from medinfer.train.config import ClassifyConfig, FitConfig, TrainConfig, Volume
 Batch = tuple[torch.Tensor, torch.Tensor]
 """One training batch: network input (B, C, *spatial) and target, float32 tensors."""
 Sampler = Callable[[np.random.Generator], Iterator[Batch]]
-"""Draws one epoch of training batches (its own augmentation state persists across epochs)."""
+"""Draws one epoch of training batches from the run's generator (shuffling and augmentation
+come from it, so a run resumed with the generator's state draws what it would have drawn)."""
 Progress = Callable[[int], None] | None
 
 C = TypeVar("C", bound=FitConfig)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a data-parallel run: rank ``rank`` of ``world`` (one process: 0 of 1).
+
+    Every rank draws the same shuffled order from the run's generator (all ranks seed it
+    alike) and keeps its own slice of each global batch of ``world`` x ``batch_size``
+    samples; random augmentation takes a per-rank generator (:meth:`generator`), so
+    ranks do not repeat each other's draws.
+    """
+
+    rank: int = 0
+    world: int = 1
+
+    def generator(self, rng: np.random.Generator) -> np.random.Generator:
+        """``rng`` itself in one process; else a generator of this rank seeded from one draw
+        of ``rng`` (every rank draws once, so the shared generator stays in step)."""
+        if self.world == 1:
+            return rng
+        return np.random.default_rng([int(rng.integers(2**62)), self.rank])
+
+    def count(self, n: int) -> int:
+        """This rank's share of ``n`` samples drawn at random (``ceil(n / world)``)."""
+        return -(-n // self.world)
+
+
+def augmentation_seed(rng: np.random.Generator, shard: Shard) -> int:
+    """A seed for a stateful augmentation (MONAI's ``set_random_state``), drawn from the
+    run's generator once per epoch and offset per rank."""
+    return int(rng.integers(2**31 - 1)) + shard.rank
 
 
 @dataclass(frozen=True)
@@ -82,8 +114,9 @@ class Recipe(ABC, Generic[C]):
         """The training loss ``loss(logits, target) -> scalar``."""
 
     @abstractmethod
-    def sampler(self, cfg: C, train: Any) -> Sampler:
-        """The epoch batch generator (augmentation seeded with ``cfg.seed``)."""
+    def sampler(self, cfg: C, train: Any, shard: Shard = Shard()) -> Sampler:
+        """The epoch batch generator: ``shard``'s part of each epoch, ``cfg.batch_size`` samples
+        per batch, augmentation drawn from the generator it is given."""
 
     def epoch_samples(self, cfg: C, train: Any) -> int:
         """Samples one epoch draws (the progress bar's total)."""
@@ -105,13 +138,18 @@ class Recipe(ABC, Generic[C]):
         the first one's outputs); nothing by default."""
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Index batches of one shuffled pass; batches of one are skipped (batch norm needs two)."""
+def index_batches(n: int, batch_size: int, rng: np.random.Generator,
+                  shard: Shard = Shard()) -> Iterator[np.ndarray]:
+    """Index batches of one shuffled pass: this rank's slice of each global batch of
+    ``shard.world`` x ``batch_size`` indices (a short last one is cut in equal parts). A global
+    batch whose slices would hold fewer than two is skipped on every rank alike (batch norm
+    needs two; ranks must take the same number of steps)."""
     order = rng.permutation(n)
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
-        if len(idx) >= 2:
-            yield idx
+    step = batch_size * shard.world
+    for i in range(0, len(order), step):
+        parts = np.array_split(order[i:i + step], shard.world)
+        if min(len(p) for p in parts) >= 2:
+            yield parts[shard.rank]
 
 
 class SegmentationRecipe(Recipe[TrainConfig]):
@@ -133,7 +171,7 @@ class SegmentationRecipe(Recipe[TrainConfig]):
     def loss(self, cfg: TrainConfig, train: Any) -> torch.nn.Module:
         return DiceLoss(sigmoid=True) if cfg.loss == "dice" else DiceCELoss(sigmoid=True)
 
-    def sampler(self, cfg: TrainConfig, train: Any) -> Sampler:
+    def sampler(self, cfg: TrainConfig, train: Any, shard: Shard = Shard()) -> Sampler:
         if cfg.augment == "strong":
             size = (cfg.preprocessing.size[0], cfg.preprocessing.size[1])
             aug = strong_augmentation(size, cfg.augment_prob, seed=cfg.seed)
@@ -141,7 +179,8 @@ class SegmentationRecipe(Recipe[TrainConfig]):
             aug = paper_augmentation(cfg.augment_prob, seed=cfg.seed)
 
         def draw(rng: np.random.Generator) -> Iterator[Batch]:
-            for idx in _batches(len(train), cfg.batch_size, rng):
+            aug.set_random_state(seed=augmentation_seed(rng, shard))
+            for idx in index_batches(len(train), cfg.batch_size, rng, shard):
                 yield augment_batch(aug, train.images[idx], train.masks[idx])
 
         return draw
@@ -172,11 +211,12 @@ class ClassificationRecipe(Recipe[ClassifyConfig]):
     def loss(self, cfg: ClassifyConfig, train: Any) -> torch.nn.Module:
         return torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight(train.labels, cfg.pos_weight_max))
 
-    def sampler(self, cfg: ClassifyConfig, train: Any) -> Sampler:
+    def sampler(self, cfg: ClassifyConfig, train: Any, shard: Shard = Shard()) -> Sampler:
         aug = affine_augmentation(cfg.augment_prob, cfg.preprocessing.size[0], cfg.seed)
 
         def draw(rng: np.random.Generator) -> Iterator[Batch]:
-            for idx in _batches(len(train), cfg.batch_size, rng):
+            aug.set_random_state(seed=augmentation_seed(rng, shard))
+            for idx in index_batches(len(train), cfg.batch_size, rng, shard):
                 yield augment_images(aug, train.images[idx]), torch.from_numpy(train.labels[idx])
 
         return draw
@@ -247,15 +287,16 @@ class VolumeRecipe(Recipe[VolumeTrainConfig]):
     def epoch_samples(self, cfg: VolumeTrainConfig, train: Any) -> int:
         return cfg.windows_per_volume * len(train)
 
-    def sampler(self, cfg: VolumeTrainConfig, train: Any) -> Sampler:
-        n_windows = self.epoch_samples(cfg, train)
+    def sampler(self, cfg: VolumeTrainConfig, train: Any, shard: Shard = Shard()) -> Sampler:
+        n_windows = shard.count(self.epoch_samples(cfg, train))
         size = tuple(cfg.preprocessing.size)
 
         binary = len(self.labels(cfg)) == 1
 
         def draw(rng: np.random.Generator) -> Iterator[Batch]:
+            mine = shard.generator(rng)
             for _ in range(0, n_windows, cfg.batch_size):
-                x, y = sample_windows(train, size, cfg.batch_size, cfg.foreground_prob, rng)
+                x, y = sample_windows(train, size, cfg.batch_size, cfg.foreground_prob, mine)
                 yield torch.from_numpy(x), torch.from_numpy((y > 0).astype(np.float32) if binary else y)
 
         return draw
