@@ -189,6 +189,8 @@ class TrainingRecord(BaseModel):
             ``backend``, ``batch_per_rank``, ``global_batch``, ``lr``, ``allreduce_bytes``
             per rank, ``rank_spread``: the largest difference of a weight between ranks at
             the end); empty for one process.
+        federated: a federated run's sites, rounds, local epochs and, per round, the sites
+            whose updates were averaged, rejected (malformed) or lost (dropped out); empty otherwise.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -209,6 +211,7 @@ class TrainingRecord(BaseModel):
     optimize: dict[str, Any] = Field(default_factory=dict)
     machine: dict[str, Any] = Field(default_factory=dict)
     parallel: dict[str, Any] = Field(default_factory=dict)
+    federated: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod

@@ -127,6 +127,45 @@ def train(
         console.print(summary(done.artifact, done.best_epoch))
 
 
+@app.command()
+def federated(
+    config: Annotated[Path, typer.Option(help="YAML training config (the task, network, data and settings of every site).")],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE (as for train).")] = None,
+    sites: Annotated[int, typer.Option(help="Hospitals taking part.")] = 3,
+    rounds: Annotated[int, typer.Option(help="Rounds of local training and averaging.")] = 10,
+    local_epochs: Annotated[int, typer.Option(help="Epochs each hospital trains per round.")] = 1,
+    min_sites: Annotated[Optional[int], typer.Option(help="Updates a round needs (default: a majority).")] = None,
+    round_timeout: Annotated[float, typer.Option(help="Seconds a round waits for the sites.")] = 1800.0,
+    role: Annotated[str, typer.Option(help="all (server and sites on this machine) | server | client.")] = "all",
+    site: Annotated[Optional[int], typer.Option(help="--role client: this hospital's number, 0 to sites-1.")] = None,
+    address: Annotated[str, typer.Option(help="--role server: HOST:PORT to listen on; --role client: the server's.")] = "0.0.0.0:8080",
+) -> None:
+    """Federated training on Flower: hospitals train one model together; no image leaves a site.
+
+    ``--role all`` starts the server here and one process per site on loopback, each with
+    its share of the config's data. In use, the server runs ``--role server`` and each
+    hospital ``--role client --site K --address SERVER:PORT`` with its own ``data``. The
+    server writes the global model to the config's ``out``: an artifact like any other.
+    """
+    from medinfer.train.cli_config import build_config, flags_from_params
+    from medinfer.train.federated import FederatedPlan, run_client, run_federated, run_server
+
+    cfg = build_config(config, set_ or [], flags_from_params({}), [])
+    plan = FederatedPlan(sites=sites, rounds=rounds, local_epochs=local_epochs, min_sites=min_sites,
+                         round_timeout=round_timeout)
+    if role == "client":
+        if site is None:
+            raise MedinferError("--role client needs --site K (0 to sites-1)")
+        run_client(cfg, plan, site, address)
+        return
+    if role not in ("all", "server"):
+        raise typer.BadParameter(f"{role!r}: expected all, server or client", param_hint="--role")
+    run = run_federated(cfg, plan, _command()) if role == "all" else run_server(cfg, plan, address, _command())
+    rec = run.artifact.spec.training
+    scores = " ".join(f"{k} {v:.4f}" for k, v in run.metrics.items() if "/" not in k)
+    console.print(f"{rec.epochs_run} rounds, {plan.sites} sites: val (sample-weighted) {scores} -> {run.artifact.root}")
+
+
 def _load_artifact(path: Path):
     from medinfer.artifact import ModelArtifact
 

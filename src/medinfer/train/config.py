@@ -54,6 +54,9 @@ class FitConfig(BaseModel):
             continue or fine-tune a run; its architecture and channels must be this config's).
         prefetch: training batches a background thread prepares ahead of the step
             (augmentation overlaps computation); 0 draws them in the training thread.
+        site, sites: train on hospital ``site`` (0-based) of ``sites``: a contiguous share of
+            the training and validation cases (a federated client, or its train-alone
+            baseline); None: all the data.
         checkpoint: write ``<out>/checkpoint.pt`` (network, optimizer, schedule, generator
             state, record) after every epoch; removed when the run completes.
         resume: continue from ``<out>/checkpoint.pt`` when it is there (the epochs it holds
@@ -86,6 +89,8 @@ class FitConfig(BaseModel):
     channels_last: bool = False
     prefetch: int = Field(2, ge=0)
     init: Path | None = None
+    sites: int = Field(1, ge=1)
+    site: int | None = Field(None, ge=0)
     checkpoint: bool = True
     resume: bool = False
     preprocessing: Preprocessing = Preprocessing()
@@ -104,6 +109,14 @@ class FitConfig(BaseModel):
                              f"known: {', '.join(Preprocessing.model_fields)}")
         default = cls.model_fields["preprocessing"].default
         return {**default.model_dump(), **value}
+
+    @field_validator("site")
+    @classmethod
+    def _site_of_sites(cls, value: int | None, info: Any) -> int | None:
+        sites = info.data.get("sites", 1)
+        if value is not None and value >= sites:
+            raise ValueError(f"site {value} of {sites} sites: sites are numbered 0 to {sites - 1}")
+        return value
 
 
 class TrainConfig(FitConfig):

@@ -45,7 +45,7 @@ from medinfer.runtime.torch_engine import TorchEngine
 from medinfer.tasks import task_for
 from medinfer.train.config import FitConfig
 from medinfer.train.parallel import Parallel
-from medinfer.train.recipes import Recipe, Split, recipe_for
+from medinfer.train.recipes import Recipe, Split, recipe_for, site_share
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ def lr_scale(cfg: FitConfig, world: int) -> float:
     return float(world) if cfg.lr_scaling == "linear" else math.sqrt(world)
 
 
-def _network(recipe: Recipe[Any], cfg: FitConfig) -> torch.nn.Module:
+def make_network(recipe: Recipe[Any], cfg: FitConfig) -> torch.nn.Module:
+    """``cfg``'s network (from ``cfg.init``'s weights when given)."""
     try:
         net = create_model(cfg.architecture, in_channels=cfg.preprocessing.channels,
                            out_channels=recipe.out_channels(cfg), **cfg.arch_kwargs)
@@ -113,7 +114,8 @@ def _network(recipe: Recipe[Any], cfg: FitConfig) -> torch.nn.Module:
     return net
 
 
-def _load(recipe: Recipe[Any], cfg: FitConfig, split: Split, show: bool = True) -> tuple[Any, Any]:
+def load_parts(recipe: Recipe[Any], cfg: FitConfig, split: Split, show: bool = True) -> tuple[Any, Any]:
+    """The training and validation parts of ``split``, read by the recipe (a progress bar when ``show``)."""
     with status_progress(show) as bar:
         task = bar.add_task("loading", total=len(split.train) + len(split.val), status="")
         train = recipe.load(cfg, split.train, lambda k: bar.advance(task, k))
@@ -121,7 +123,8 @@ def _load(recipe: Recipe[Any], cfg: FitConfig, split: Split, show: bool = True) 
     return train, val
 
 
-def _new_artifact(recipe: Recipe[Any], cfg: FitConfig, split: Split, command: str) -> ModelArtifact:
+def new_artifact(recipe: Recipe[Any], cfg: FitConfig, split: Split, command: str) -> ModelArtifact:
+    """The artifact a run of ``cfg`` writes (not saved yet): network, task fields, record."""
     pre = cfg.preprocessing
     record = TrainingRecord(
         command=command, config=json.loads(cfg.model_dump_json()), data=str(cfg.data),
@@ -184,7 +187,7 @@ class Trainer:
     def __init__(self, recipe: Recipe[Any], cfg: FitConfig, train: Any, parallel: Parallel | None = None) -> None:
         self.cfg, self.parallel = cfg, parallel or Parallel()
         self.step = StepOptions.of(cfg)
-        self.model = self.parallel.wrap(self.step.prepare(_network(recipe, cfg)).to(self.parallel.device))
+        self.model = self.parallel.wrap(self.step.prepare(make_network(recipe, cfg)).to(self.parallel.device))
         self.net: torch.nn.Module = getattr(self.model, "module", self.model)
         self.lr = cfg.lr * lr_scale(cfg, self.parallel.world)
         self.opt = make_optimizer(cfg, self.net.parameters(), self.lr)
@@ -276,7 +279,7 @@ class Trainer:
         self.steps = int(state["steps"])
 
 
-def _validate(task: Any, net: torch.nn.Module, val: Any, threads: int) -> tuple[dict[str, float], Any]:
+def validate(task: Any, net: torch.nn.Module, val: Any, threads: int) -> tuple[dict[str, float], Any]:
     """The task's validation metrics of ``net`` (eval mode, FP32) and the engine that scored them."""
     engine = TorchEngine(net.eval(), "fp32", EngineOptions(threads=threads))
     scores = task.score(engine, val, n_boot=0)
@@ -394,7 +397,7 @@ def _epoch(run: _Run, epoch: int, budget: _Budget, on_step: Callable[[int], None
     spent = par.agree(budget.spent())  # every rank stops after the same epoch
     validated = spent or epoch % cfg.val_every == 0 or epoch == cfg.epochs
     if validated and par.main:
-        entry.metrics, engine = _validate(run.task, run.trainer.net, run.val, cfg.threads)
+        entry.metrics, engine = validate(run.task, run.trainer.net, run.val, cfg.threads)
         best = rec.best()
         primary = run.task.primary
         if best is None or _comparable(entry.metrics[primary]) > _comparable(best.metrics[primary]):
@@ -451,10 +454,10 @@ def fit(recipe: Recipe[Any], cfg: FitConfig, command: str = "", parallel: Parall
     par = parallel or Parallel()
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    split = recipe.split(cfg)
-    train, val = _load(recipe, cfg, split, par.main)
+    split = site_share(recipe.split(cfg), cfg.site, cfg.sites)
+    train, val = load_parts(recipe, cfg, split, par.main)
     trainer = Trainer(recipe, cfg, train, par)
-    art = _new_artifact(recipe, cfg, split, command)
+    art = new_artifact(recipe, cfg, split, command)
     art.spec.training.machine = {**cpu_info(), "precision": trainer.step.precision,
                                  "channels_last": trainer.step.channels_last}
     run = _Run(recipe, cfg, trainer, art, task_for(art), val)

@@ -93,6 +93,23 @@ class Split:
     record: DataSplit
 
 
+def site_share(split: Split, site: int | None, sites: int) -> Split:
+    """Hospital ``site`` of ``sites``: a contiguous block of the training and the validation
+    items, in the split's order (``split`` itself when ``site`` is None). The record's lists
+    are cut alike when they name the items one by one (``case``); a patient-level record is
+    kept whole."""
+    if site is None:
+        return split
+
+    def cut(items: list[Any]) -> list[Any]:
+        return items[len(items) * site // sites: len(items) * (site + 1) // sites]
+
+    rec = split.record
+    if len(rec.train) == len(split.train) and len(rec.val) == len(split.val):
+        rec = rec.model_copy(update={"train": cut(rec.train), "val": cut(rec.val)})
+    return Split(cut(split.train), cut(split.val), split.test, rec)
+
+
 class Recipe(ABC, Generic[C]):
     """The per-task pieces of a training run (stateless: settings come in ``cfg``)."""
 

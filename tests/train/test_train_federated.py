@@ -1,0 +1,125 @@
+"""Federated training on Flower: site shares, the update check, a 3-site run whose artifact
+evaluates like any other, and rounds that survive a malformed update and a site dropping out."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from medinfer.apps.evaluate import evaluate_folder
+from medinfer.artifact import ModelArtifact
+from medinfer.errors import MedinferError
+from medinfer.runtime.launch import free_port
+from medinfer.train import TrainConfig
+from medinfer.train.federated import (
+    FederatedPlan,
+    check_update,
+    client_command,
+    run_federated,
+    run_server,
+    site_config,
+)
+from medinfer.train.recipes import recipe_for, site_share
+
+ROGUE = Path(__file__).with_name("rogue_site.py")
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """24 Kvasir-layout pairs (32x32) with a bright disk and its mask."""
+    root = tmp_path_factory.mktemp("fed-seg")
+    (root / "images").mkdir()
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[:32, :32]
+    for i in range(24):
+        mask = (yy - 8 - i % 14) ** 2 + (xx - 22 + i // 3) ** 2 <= 25 + i % 4 * 6
+        img = rng.integers(0, 80, (32, 32, 3)).astype(np.uint8)
+        img[mask] += 150
+        Image.fromarray(img).save(root / "images" / f"c{i:02d}.png")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(root / "masks" / f"c{i:02d}.png")
+    return root
+
+
+def _cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
+    base: dict = dict(data=data, out=out, architecture="test_resunet", batch_size=4, lr=0.01,
+                      augment_prob=0.0, threads=1, prefetch=0, preprocessing={"size": (32, 32)})
+    return TrainConfig(**{**base, **kw})
+
+
+def test_sites_share_the_data_without_overlap(pairs: Path, tmp_path: Path) -> None:
+    cfg = _cfg(pairs, tmp_path)
+    split = recipe_for(cfg).split(cfg)
+    shares = [site_share(split, k, 3) for k in range(3)]
+    names = [[p.name for p in s.train] for s in shares]
+    assert sorted(sum(names, [])) == sorted(p.name for p in split.train)
+    assert all(len(n) >= len(split.train) // 3 for n in names)
+    assert not set(names[0]) & set(names[1])
+    assert shares[1].record.train == names[1]  # the record names the site's own cases
+    assert site_share(split, None, 3) is split
+
+
+def test_site_config_spans_every_round_and_checks_the_site(pairs: Path, tmp_path: Path) -> None:
+    plan = FederatedPlan(sites=3, rounds=4, local_epochs=2)
+    cfg = site_config(_cfg(pairs, tmp_path), plan, 2)
+    assert (cfg.epochs, cfg.site, cfg.sites) == (8, 2, 3)
+    with pytest.raises(ValueError, match="site 3 of 3"):
+        _cfg(pairs, tmp_path, site=3, sites=3)
+    assert FederatedPlan(sites=3).quorum == 2 and FederatedPlan(sites=4, min_sites=1).quorum == 1
+    with pytest.raises(MedinferError, match="min-sites"):
+        FederatedPlan(sites=2, min_sites=3)
+
+
+def test_update_check_names_what_does_not_fit() -> None:
+    expected = [((2, 3), np.dtype(np.float32)), ((4,), np.dtype(np.float32))]
+    good = [np.zeros((2, 3), np.float32), np.ones(4, np.float32)]
+    assert check_update(good, expected) is None
+    assert "1 arrays" in check_update(good[:1], expected)
+    assert "shape (3, 2)" in check_update([np.zeros((3, 2), np.float32), good[1]], expected)
+    assert "dtype float64" in check_update([good[0], np.ones(4)], expected)
+    assert "not finite" in check_update([good[0], np.array([1, np.nan, 0, 0], np.float32)], expected)
+
+
+@pytest.mark.slow
+def test_three_sites_train_a_model_that_evaluates_like_any_other(pairs: Path, tmp_path: Path) -> None:
+    result = run_federated(_cfg(pairs, tmp_path / "fed"), FederatedPlan(sites=3, rounds=2))
+    art = ModelArtifact.load(tmp_path / "fed")
+    fed = art.spec.training.federated
+    assert [sorted(r["averaged"]) for r in fed["per_round"]] == [[0, 1, 2], [0, 1, 2]]
+    assert [h.epoch for h in art.spec.training.history] == [1, 2]
+    assert 0.0 <= result.metrics["dice"] <= 1.0
+    scores = evaluate_folder(art, pairs)
+    assert 0.0 <= scores["dice"] <= 1.0 and scores["n"] == 24
+    assert not any(p.suffix == ".pt" and p.name == "checkpoint.pt" for p in art.root.iterdir())
+
+
+@pytest.mark.slow
+def test_a_malformed_update_and_a_dropped_site_do_not_break_the_rounds(pairs: Path, tmp_path: Path) -> None:
+    cfg = _cfg(pairs, tmp_path / "fed")
+    plan = FederatedPlan(sites=4, rounds=2, min_sites=2, round_timeout=120, join_timeout=120)
+    config = tmp_path / "config.json"
+    config.write_text(cfg.model_dump_json())
+    server = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "OMP_NUM_THREADS": "1"}
+    rogue = [sys.executable, str(ROGUE), str(config), "--sites", "4", "--server", server]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for cmd in (client_command(config, plan, 0, server), client_command(config, plan, 1, server),
+                         rogue + ["--site", "2", "--kind", "malformed"], rogue + ["--site", "3", "--kind", "dropout"])]
+    try:
+        run_server(cfg, plan, server)
+    finally:
+        codes = [p.wait(timeout=120) for p in procs]
+    assert codes[3] == 3  # the dropped site exited mid-round
+    rounds = ModelArtifact.load(tmp_path / "fed").spec.training.federated["per_round"]
+    assert sorted(rounds[0]["averaged"]) == [0, 1]
+    assert rounds[0]["lost"] == 1
+    assert len(rounds[0]["rejected"]) == 1 and "site 2: 1 arrays" in rounds[0]["rejected"][0]
+    assert sorted(rounds[1]["averaged"]) == [0, 1] and rounds[1]["lost"] == 0
+    net = ModelArtifact.load(tmp_path / "fed").load_network()
+    assert all(np.isfinite(p.detach().numpy()).all() for p in net.parameters())
