@@ -9,16 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pair_helpers import disk_image
+
 CLASSES = ("Effusion", "Mass")
 VOL_SHAPE = (20, 18, 9)
-
-
-def _disk_image(rng: np.random.Generator, side: int, centre: tuple[int, int], r: int) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[:side, :side]
-    mask = (yy - centre[0]) ** 2 + (xx - centre[1]) ** 2 <= r * r
-    img = rng.integers(0, 80, (side, side, 3)).astype(np.uint8)
-    img[mask] = np.clip(img[mask].astype(int) + 150, 0, 255).astype(np.uint8)
-    return img, mask
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +23,7 @@ def seg_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / sub).mkdir()
     rng = np.random.default_rng(0)
     for i in range(12):
-        img, mask = _disk_image(rng, 32, (8 + i, 20 - i // 2), 5 + i % 3)
+        img, mask = disk_image(rng, 32, (8 + i, 20 - i // 2), 5 + i % 3)
         Image.fromarray(img, "RGB").save(root / "images" / f"c{i:02d}.png")
         Image.fromarray((mask * 255).astype(np.uint8), "L").save(root / "masks" / f"c{i:02d}.png")
     return root

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from pair_helpers import write_disk_pairs
 
 from medinfer.apps.evaluate import evaluate_folder
 from medinfer.artifact import ModelArtifact
@@ -32,19 +32,8 @@ ROGUE = Path(__file__).with_name("rogue_site.py")
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """24 Kvasir-layout pairs (32x32) with a bright disk and its mask."""
-    root = tmp_path_factory.mktemp("fed-seg")
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(2)
-    yy, xx = np.mgrid[:32, :32]
-    for i in range(24):
-        mask = (yy - 8 - i % 14) ** 2 + (xx - 22 + i // 3) ** 2 <= 25 + i % 4 * 6
-        img = rng.integers(0, 80, (32, 32, 3)).astype(np.uint8)
-        img[mask] += 150
-        Image.fromarray(img).save(root / "images" / f"c{i:02d}.png")
-        Image.fromarray((mask * 255).astype(np.uint8)).save(root / "masks" / f"c{i:02d}.png")
-    return root
+    """24 pairs (32x32) with a bright disk and its mask."""
+    return write_disk_pairs(tmp_path_factory.mktemp("pairs"), 24, 2)
 
 
 def _cfg(data: Path, out: Path, **kw: object) -> TrainConfig:

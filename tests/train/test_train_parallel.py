@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pair_helpers import write_disk_pairs
 import torch
-from PIL import Image
 
 from medinfer.artifact import ModelArtifact
 from medinfer.errors import ArtifactError, MedinferError
@@ -26,19 +26,8 @@ from medinfer.train.recipes import Shard, index_batches
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """20 Kvasir-layout pairs (32x32): 16 train, 4 validation, so global batches of 8 are full."""
-    root = tmp_path_factory.mktemp("ddp-seg")
-    (root / "images").mkdir()
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[:32, :32]
-    for i in range(20):
-        mask = (yy - 8 - i % 12) ** 2 + (xx - 20 + i // 3) ** 2 <= 30
-        img = rng.integers(0, 80, (32, 32, 3)).astype(np.uint8)
-        img[mask] += 150
-        Image.fromarray(img).save(root / "images" / f"c{i:02d}.png")
-        Image.fromarray((mask * 255).astype(np.uint8)).save(root / "masks" / f"c{i:02d}.png")
-    return root
+    """20 pairs: 16 train, 4 validation, so global batches of 8 are full."""
+    return write_disk_pairs(tmp_path_factory.mktemp("pairs"), 20, 0)
 
 
 def _cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
@@ -130,25 +119,30 @@ def test_launch_settings_are_checked() -> None:
 # --- checkpoint and resume -------------------------------------------------------------
 
 
+def _interrupt_in_epoch(cfg: TrainConfig, epoch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run ``cfg`` until it is interrupted (Ctrl-C) at the start of ``epoch``."""
+    real, calls = Trainer.train_epoch, []
+
+    def interrupted(self: Trainer, *a: object, **k: object):  # type: ignore[no-untyped-def]
+        calls.append(1)
+        if len(calls) == epoch:
+            raise KeyboardInterrupt
+        return real(self, *a, **k)
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_epoch", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_training(cfg)
+
+
 def test_resumed_run_trains_the_weights_of_an_uninterrupted_one(pairs: Path, tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     whole = run_training(_cfg(pairs, tmp_path / "whole", augment_prob=0.5, val_every=1))
     assert not (tmp_path / "whole" / "checkpoint.pt").exists()  # removed when the run completes
 
     cfg = _cfg(pairs, tmp_path / "cut", augment_prob=0.5, val_every=1)
-    real, calls = Trainer.train_epoch, []
-
-    def dies_in_epoch_three(self: Trainer, *a: object, **k: object):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dies_in_epoch_three)
-    with pytest.raises(KeyboardInterrupt):
-        run_training(cfg)
+    _interrupt_in_epoch(cfg, 3, monkeypatch)
     assert checkpoint_path(cfg).is_file()
-    monkeypatch.setattr(Trainer, "train_epoch", real)
     resumed = run_training(cfg.model_copy(update={"resume": True}))
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
     assert _max_diff(_weights(whole.artifact.root), _weights(resumed.artifact.root)) == 0.0
@@ -159,19 +153,7 @@ def test_resumed_run_trains_the_weights_of_an_uninterrupted_one(pairs: Path, tmp
 def test_a_checkpoint_of_another_batch_size_is_refused(pairs: Path, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = _cfg(pairs, tmp_path / "run", epochs=2)
-    real = Trainer.train_epoch
-    calls: list[int] = []
-
-    def dies_in_epoch_two(self: Trainer, *a: object, **k: object):  # type: ignore[no-untyped-def]
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(Trainer, "train_epoch", dies_in_epoch_two)
-    with pytest.raises(KeyboardInterrupt):
-        run_training(cfg)
-    monkeypatch.setattr(Trainer, "train_epoch", real)
+    _interrupt_in_epoch(cfg, 2, monkeypatch)
     with pytest.raises(ArtifactError, match="checkpoint.pt.*batch 8; this run has 1 of batch 4"):
         run_training(cfg.model_copy(update={"resume": True, "batch_size": 4}))
 
