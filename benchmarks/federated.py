@@ -53,8 +53,11 @@ def rel(path: Path) -> str:
     return os.path.relpath(path, REPO)
 
 
-def run(args: list[str]) -> float:
-    """Run ``medinfer ARGS`` from the repository root; its wall time."""
+def run(args: list[str], reuse: Path | None = None) -> float | None:
+    """Run ``medinfer ARGS`` from the repository root; its wall time (None: ``reuse`` names an
+    artifact already there, so nothing ran)."""
+    if reuse is not None and (reuse / "artifact.json").is_file():
+        return None
     t0 = time.perf_counter()
     proc = subprocess.run([MEDINFER, *args], cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -97,6 +100,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--work", type=Path, default=REPO / "runs/bench/federated")
+    p.add_argument("--reuse", action="store_true", help="keep the artifacts an earlier run left in --work")
+    p.add_argument("--optimize", action="store_true",
+                   help="also optimize the federated model (calibrated on site 0's training images, gated on the held-out part)")
     p.add_argument("--out", type=Path, required=True)
     a = p.parse_args()
     cores = os.cpu_count() or 1
@@ -111,24 +117,38 @@ def main() -> None:
     rows = []
 
     out = work / "centralized"
-    wall = run(["train", "--config", config, "--set", f"out={rel(out)}", "--threads", str(cores), *common])
+    wall = run(["train", "--config", config, "--set", f"out={rel(out)}", "--threads", str(cores), *common],
+               out if a.reuse else None)
     rows.append({"approach": "centralized", "train_images": len(split.train), "wall_s": wall, "artifact": rel(out)})
 
     out = work / "federated"
     wall = run(["federated", "--config", config, "--sites", str(a.sites), "--rounds", str(a.rounds),
                 "--local-epochs", str(a.local_epochs), "--set", f"out={rel(out)}",
-                "--set", f"threads={max(1, cores // a.sites)}"])
+                "--set", f"threads={max(1, cores // a.sites)}"], out if a.reuse else None)
     rows.append({"approach": "federated", "train_images": len(split.train), "wall_s": wall, "artifact": rel(out)})
 
     for k in range(a.sites):
         out = work / f"alone-{k}"
         share = site_share(split, k, a.sites)
         wall = run(["train", "--config", config, "--set", f"out={rel(out)}", "--set", f"site={k}",
-                    "--set", f"sites={a.sites}", "--threads", str(cores), *common])
+                    "--set", f"sites={a.sites}", "--threads", str(cores), *common], out if a.reuse else None)
         rows.append({"approach": f"site {k} alone", "train_images": len(share.train), "wall_s": wall, "artifact": rel(out)})
 
+    earlier = json.loads(a.out.read_text()) if a.reuse and a.out.is_file() else {}
+    walls = {r["approach"]: r["wall_s"] for r in earlier.get("rows", [])}
     for r in rows:
         r["test"] = score(REPO / r["artifact"], val_dir, cores)
+        if r["wall_s"] is None:  # reused: the time of the run that trained it
+            r["wall_s"] = walls.get(r["approach"])
+    optimized = None
+    if a.optimize:
+        calib = materialize_pairs(site_share(split, 0, a.sites).train, work / "calib-site0")
+        run(["optimize", "--model", rel(work / "federated"), "--calib", rel(calib), "--val", rel(val_dir),
+             "--threads", str(cores)])
+        spec = ModelArtifact.load(work / "federated").spec
+        optimized = {"chosen": spec.chosen, "variants": {v.name: {"passed": v.passed, "reason": v.reason,
+                                                                  "dice": v.metrics.get("dice"), "latency_ms": v.latency_ms}
+                                                         for v in spec.variants}}
     fed = ModelArtifact.load(work / "federated").spec.training
     fed_curve = [{"round": h.epoch, "dice": h.metrics.get("dice"), "loss": h.train_loss} for h in fed.history]
     a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -142,7 +162,7 @@ def main() -> None:
               "rounds": a.rounds, "local_epochs": a.local_epochs, "epochs_each": epochs,
               "held_out": {"images": len(split.val), "what": "the config's validation part (never trained on)"},
               "federated_minus_centralized_dice": round(rows[1]["test"]["dice"] - central, 4),
-              "federated_record": fed.federated, "federated_rounds": fed_curve, "figure": rel(png), "rows": rows}
+              "federated_record": fed.federated, "federated_optimized": optimized, "federated_rounds": fed_curve, "figure": rel(png), "rows": rows}
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(rows, indent=1))
     print(f"wrote {a.out}")

@@ -13,6 +13,7 @@ rendezvous assigns the ranks.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import socket
@@ -116,11 +117,16 @@ def run_torchrun(launch: Launch, module: str, args: Sequence[str], capture: bool
     return output
 
 
+JOIN_TIMEOUT = datetime.timedelta(hours=2)
+"""How long a collective waits for the other ranks (rank 0 validating a whole 3D set while the
+others wait must not time out; torch's default is 30 minutes)."""
+
+
 def init_distributed() -> torch.device:
     """Join the torchrun job if not yet joined (NCCL with CUDA, else gloo); this rank's device."""
     cuda = torch.cuda.is_available()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo")
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=JOIN_TIMEOUT)
     if cuda and dist.get_backend() == "nccl":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
         torch.cuda.set_device(device)
