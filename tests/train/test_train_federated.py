@@ -112,3 +112,20 @@ def test_a_malformed_update_and_a_dropped_site_do_not_break_the_rounds(pairs: Pa
     assert sorted(rounds[1]["averaged"]) == [0, 1] and rounds[1]["lost"] == 0
     net = ModelArtifact.load(tmp_path / "fed").load_network()
     assert all(np.isfinite(p.detach().numpy()).all() for p in net.parameters())
+
+
+def test_federated_command_checks_its_role(pairs: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from medinfer.cli import app
+
+    config = tmp_path / "fed.yaml"
+    config.write_text(f"task: segmentation\ndata: {pairs}\nout: {tmp_path / 'out'}\narchitecture: test_resunet\n")
+    runner = CliRunner()
+    res = runner.invoke(app, ["federated", "--config", str(config), "--role", "client"])
+    assert res.exit_code == 2 and "--site" in res.output
+    res = runner.invoke(app, ["federated", "--config", str(config), "--role", "hospital"])
+    assert res.exit_code == 2 and "all, server or client" in res.output
+    res = runner.invoke(app, ["federated", "--config", str(config), "--sites", "2", "--min-sites", "3"])
+    assert res.exit_code == 2 and "min-sites" in res.output
+    assert not (tmp_path / "out").exists()
