@@ -139,6 +139,9 @@ def federated(
     role: Annotated[str, typer.Option(help="all (server and sites on this machine) | server | client.")] = "all",
     site: Annotated[Optional[int], typer.Option(help="--role client: this hospital's number, 0 to sites-1.")] = None,
     address: Annotated[str, typer.Option(help="--role server: HOST:PORT to listen on; --role client: the server's.")] = "0.0.0.0:8080",
+    tls_ca: Annotated[Optional[Path], typer.Option(help="PEM CA certificate: gRPC over TLS (the sites check the server against it).")] = None,
+    tls_cert: Annotated[Optional[Path], typer.Option(help="Server: its PEM certificate (TLS).")] = None,
+    tls_key: Annotated[Optional[Path], typer.Option(help="Server: its PEM private key (TLS).")] = None,
 ) -> None:
     """Federated training on Flower: hospitals train one model together; no image leaves a site.
 
@@ -152,7 +155,7 @@ def federated(
 
     cfg = build_config(config, set_ or [], flags_from_params({}), [])
     plan = FederatedPlan(sites=sites, rounds=rounds, local_epochs=local_epochs, min_sites=min_sites,
-                         round_timeout=round_timeout)
+                         round_timeout=round_timeout, tls=(tls_ca, tls_cert, tls_key) if tls_ca else None)
     if role == "client":
         if site is None:
             raise MedinferError("--role client needs --site K (0 to sites-1)")

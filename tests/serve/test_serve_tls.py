@@ -16,6 +16,7 @@ import yaml
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from serve_helpers import free_port
+from tls_helpers import make_certs
 
 from medinfer.data.synthetic import write_mr_series
 from medinfer.errors import InputError
@@ -27,36 +28,10 @@ from medinfer.serve.models import Instance
 from medinfer.serve.store import Store
 
 
-def _openssl(*args: str | Path) -> None:
-    subprocess.run(["openssl", *map(str, args)], check=True, capture_output=True)
-
-
-def _leaf(folder: Path, name: str, extensions: str) -> None:
-    """``name.pem`` and ``name.key``, signed by ``folder/ca.pem``."""
-    ext = folder / f"{name}.ext"
-    ext.write_text(extensions + "\nsubjectKeyIdentifier=hash\n"
-                   "authorityKeyIdentifier=keyid,issuer\nbasicConstraints=CA:FALSE\n")
-    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", folder / f"{name}.key", "-out", folder / f"{name}.csr",
-             "-subj", f"/CN={name}")
-    _openssl("x509", "-req", "-in", folder / f"{name}.csr", "-CA", folder / "ca.pem",
-             "-CAkey", folder / "ca.key", "-CAcreateserial", "-days", "1",
-             "-out", folder / f"{name}.pem", "-extfile", ext)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``ca.pem``, ``server.pem/.key`` (for 127.0.0.1 and localhost), ``client.pem/.key``."""
-    folder = tmp_path_factory.mktemp("certs")
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-             "-nodes", "-keyout", folder / "ca.key", "-out", folder / "ca.pem", "-days", "1",
-             "-subj", "/CN=medinfer test CA",
-             "-addext", "basicConstraints=critical,CA:TRUE",
-             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    _leaf(folder, "server", "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
-                            "extendedKeyUsage=serverAuth")
-    _leaf(folder, "client", "extendedKeyUsage=clientAuth")
-    return folder
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def _client_context(certs: Path, with_cert: bool) -> ssl.SSLContext:

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pair_helpers import write_disk_pairs
+from tls_helpers import make_certs
 
 from medinfer.apps.evaluate import evaluate_folder
 from medinfer.artifact import ModelArtifact
-from medinfer.errors import MedinferError
+from medinfer.errors import InputError, MedinferError
 from medinfer.runtime.launch import free_port
 from medinfer.train import TrainConfig
 from medinfer.train.federated import (
@@ -65,6 +66,16 @@ def test_site_config_spans_every_round_and_checks_the_site(pairs: Path, tmp_path
         FederatedPlan(sites=2, min_sites=3)
 
 
+def test_a_bad_certificate_is_named_before_anything_starts(pairs: Path, tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate")
+    plan = FederatedPlan(tls=(tmp_path / "ca.pem", tmp_path / "missing.pem", tmp_path / "key.pem"))
+    with pytest.raises(InputError, match="ca.pem.*not a PEM"):
+        run_server(_cfg(pairs, tmp_path / "out"), plan, "127.0.0.1:1")
+    with pytest.raises(MedinferError, match="tls-cert and --tls-key"):
+        FederatedPlan(tls=(tmp_path / "ca.pem", None, None)).server_certificates()
+    assert not (tmp_path / "out").exists()
+
+
 def test_update_check_names_what_does_not_fit() -> None:
     expected = [((2, 3), np.dtype(np.float32)), ((4,), np.dtype(np.float32))]
     good = [np.zeros((2, 3), np.float32), np.ones(4, np.float32)]
@@ -76,8 +87,10 @@ def test_update_check_names_what_does_not_fit() -> None:
 
 
 @pytest.mark.slow
-def test_three_sites_train_a_model_that_evaluates_like_any_other(pairs: Path, tmp_path: Path) -> None:
-    result = run_federated(_cfg(pairs, tmp_path / "fed"), FederatedPlan(sites=3, rounds=2))
+def test_three_sites_train_over_tls_a_model_that_evaluates_like_any_other(pairs: Path, tmp_path: Path) -> None:
+    certs = make_certs(tmp_path)
+    tls = (certs / "ca.pem", certs / "server.pem", certs / "server.key")
+    result = run_federated(_cfg(pairs, tmp_path / "fed"), FederatedPlan(sites=3, rounds=2, tls=tls))
     art = ModelArtifact.load(tmp_path / "fed")
     fed = art.spec.training.federated
     assert [sorted(r["averaged"]) for r in fed["per_round"]] == [[0, 1, 2], [0, 1, 2]]

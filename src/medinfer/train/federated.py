@@ -56,7 +56,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from medinfer.artifact import DataSplit, EpochRecord, ModelArtifact
-from medinfer.errors import MedinferError
+from medinfer.errors import InputError, MedinferError
 from medinfer.progress import status_progress
 from medinfer.runtime.launch import free_port
 from medinfer.tasks import task_for
@@ -81,6 +81,8 @@ class FederatedPlan:
         round_timeout: seconds a round waits for the hospitals (a hospital later than this
             is a failure of that round).
         join_timeout: seconds the first round waits for every hospital to connect.
+        tls: PEM files ``(ca, cert, key)``: the server serves gRPC over TLS with ``cert``/``key``;
+            the sites need only ``ca`` to check it (None: plain gRPC, for loopback and tests).
     """
 
     sites: int = 3
@@ -89,6 +91,7 @@ class FederatedPlan:
     min_sites: int | None = None
     round_timeout: float = 1800.0
     join_timeout: float = 600.0
+    tls: tuple[Path, Path | None, Path | None] | None = None
 
     def __post_init__(self) -> None:
         if self.sites < 1 or self.rounds < 1 or self.local_epochs < 1:
@@ -97,10 +100,38 @@ class FederatedPlan:
         if self.min_sites is not None and not 1 <= self.min_sites <= self.sites:
             raise MedinferError(f"--min-sites must be between 1 and --sites ({self.sites}), got {self.min_sites}")
 
+    def server_certificates(self) -> tuple[bytes, bytes, bytes] | None:
+        """What Flower's server takes for TLS (None: plain gRPC).
+
+        Raises:
+            InputError: a file is missing or unreadable (named).
+            MedinferError: TLS without the server's certificate and key.
+        """
+        if self.tls is None:
+            return None
+        ca, cert, key = self.tls
+        if cert is None or key is None:
+            raise MedinferError("a TLS server needs --tls-cert and --tls-key besides --tls-ca")
+        return _pem(ca), _pem(cert), _pem(key)
+
+    def root_certificate(self) -> bytes | None:
+        """The CA a site checks the server's certificate against (None: plain gRPC)."""
+        return None if self.tls is None else _pem(self.tls[0])
+
     @property
     def quorum(self) -> int:
         """Updates a round needs (``min_sites``, else a majority of the sites)."""
         return self.min_sites or self.sites // 2 + 1
+
+
+def _pem(path: Path) -> bytes:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(path, f"cannot read the certificate: {exc.strerror or exc}") from exc
+    if b"-----BEGIN" not in data:
+        raise InputError(path, "not a PEM file")
+    return data
 
 
 def site_config(cfg: FitConfig, plan: FederatedPlan, site: int | None) -> FitConfig:
@@ -160,8 +191,9 @@ def run_client(cfg: FitConfig, plan: FederatedPlan, site: int, server: str,
     client = client or HospitalClient(recipe_for(cfg), site_config(cfg, plan, site))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        start_client(server_address=server, client=client.to_client(), insecure=True,
-                     max_wait_time=plan.join_timeout)
+        root = plan.root_certificate()
+        start_client(server_address=server, client=client.to_client(), insecure=root is None,
+                     root_certificates=root, max_wait_time=plan.join_timeout)
 
 
 # --- the server ----------------------------------------------------------------------------
@@ -300,6 +332,7 @@ def run_server(cfg: FitConfig, plan: FederatedPlan, address: str, command: str =
     """
     recipe = recipe_for(cfg)
     cfg = site_config(cfg, plan, None)
+    certificates = plan.server_certificates()  # a bad certificate fails before anything starts
     torch.manual_seed(cfg.seed)
     net = make_network(recipe, cfg)
     initial = [v.detach().cpu().numpy().copy() for v in net.state_dict().values()]
@@ -317,7 +350,7 @@ def run_server(cfg: FitConfig, plan: FederatedPlan, address: str, command: str =
         strategy = CheckedFedAvg(initial, plan, shown)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            start_server(server_address=address, strategy=strategy,
+            start_server(server_address=address, strategy=strategy, certificates=certificates,
                          config=ServerConfig(num_rounds=plan.rounds, round_timeout=plan.round_timeout))
     if not any(r.averaged for r in strategy.rounds.values()):
         raise MedinferError("federated run ended without a usable update from any site; no model written")
@@ -334,9 +367,10 @@ def run_server(cfg: FitConfig, plan: FederatedPlan, address: str, command: str =
 
 def client_command(config: Path, plan: FederatedPlan, site: int, server: str) -> list[str]:
     """The command line of hospital ``site``'s process (``config``: the config as JSON)."""
-    return [sys.executable, "-m", "medinfer.train.federated", str(config), "--site", str(site),
-            "--sites", str(plan.sites), "--rounds", str(plan.rounds), "--local-epochs",
-            str(plan.local_epochs), "--server", server]
+    cmd = [sys.executable, "-m", "medinfer.train.federated", str(config), "--site", str(site),
+           "--sites", str(plan.sites), "--rounds", str(plan.rounds), "--local-epochs",
+           str(plan.local_epochs), "--server", server]
+    return cmd + (["--tls-ca", str(plan.tls[0])] if plan.tls else [])
 
 
 def run_federated(cfg: FitConfig, plan: FederatedPlan, command: str = "") -> FitResult:
@@ -380,11 +414,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--server", required=True, help="HOST:PORT of the Flower server.")
+    p.add_argument("--tls-ca", type=Path, default=None, help="CA of the server's certificate (TLS).")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
         cfg = validate_config(json.loads(a.config.read_text()), a.config)
-        plan = FederatedPlan(sites=a.sites, rounds=a.rounds, local_epochs=a.local_epochs)
+        plan = FederatedPlan(sites=a.sites, rounds=a.rounds, local_epochs=a.local_epochs,
+                             tls=(a.tls_ca, None, None) if a.tls_ca else None)
         run_client(cfg, plan, a.site, a.server)
     except MedinferError as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
