@@ -318,6 +318,29 @@ class CytologySpec(BaseModel):
     classes: list[str] = Field(default_factory=lambda: ["ASC-US", "LSIL", "ASC-H", "HSIL", "SCC"])
 
 
+class ClassificationSpec(BaseModel):
+    """How a classifier's outputs relate to each other and to the data's labels.
+
+    Absent (None) in artifacts written before it: independent findings, a sigmoid each.
+
+    Attributes:
+        exclusive: the classes are mutually exclusive (one per image, e.g. the six Bethesda
+            classes of a cell): a softmax over the outputs, cross-entropy in training, and
+            top-1 ``accuracy`` and ``balanced_accuracy`` beside the AUCs. False: independent
+            findings (CheXNet), a sigmoid per output.
+        groups: output class -> the data's labels (findings or class folders) merged into it,
+            e.g. ``{"normal": ["NILM"], "abnormal": ["ASC-US", "LSIL", "ASC-H", "HSIL", "SCC"]}``;
+            empty: each class is a label of the data.
+        normal: the class meaning "nothing abnormal" (``NILM``, ``normal``); for an exclusive
+            model the abnormal score of an image is one minus its probability
+            (``abnormal_auc``). Empty: no such class.
+    """
+
+    exclusive: bool = False
+    groups: dict[str, list[str]] = Field(default_factory=dict)
+    normal: str = ""
+
+
 class ArtifactSpec(BaseModel):
     """Contents of ``artifact.json``."""
 
@@ -343,6 +366,9 @@ class ArtifactSpec(BaseModel):
     """Detection: post-processing outside the network and the second stage."""
     cytology: CytologySpec | None = None
     """Whole-slide cytology: tiles, slide fusion, operating points and the second stage."""
+    classification: ClassificationSpec | None = None
+    """Classification: exclusive classes (softmax) or independent findings (None: sigmoid),
+    merged labels and the normal class."""
 
 
 class ModelArtifact:

@@ -31,7 +31,6 @@ from medinfer.report.neighbours import (
 from medinfer.runtime import EngineOptions
 from medinfer.runtime.torch_engine import TorchEngine
 from medinfer.tasks import Classification, task_for
-from medinfer.tasks.classification import sigmoid
 
 log = logging.getLogger(__name__)
 INDEX_CACHE = "train_features.npz"
@@ -121,6 +120,7 @@ class ClassifierExplainer:
         self.explainer = Explainer(net, gradcam_layer)
         self.classes = art.spec.classes or [f"class_{k}" for k in range(art.spec.out_channels)]
         self.thresholds = [float(art.spec.thresholds.get(c, 0.5)) for c in self.classes]
+        self.probabilities = task_for(art).probabilities  # softmax for exclusive classes, else sigmoid
 
     @classmethod
     def open(cls, art: ModelArtifact, train_data: str | Path | None = None, cache: Path | None = None,
@@ -150,7 +150,7 @@ class ClassifierExplainer:
         """
         t = torch.from_numpy(np.ascontiguousarray(x, np.float32))
         with torch.inference_mode():
-            probs = torch.sigmoid(self.net(t))[0].numpy().astype(np.float64)
+            probs = self.probabilities(self.net(t)[0].numpy())
         if findings is None:
             idx = select_findings(probs, self.thresholds, top)
         else:
@@ -202,7 +202,8 @@ def find_false_positives(art: ModelArtifact, data_dir: str | Path, n: int = 4,
         t = bar.add_task("false positives: reading", total=len(records), status="")
         data = load_labeled(records, art.spec.preprocessing, classes, lambda k: bar.advance(t, k))
     engine = TorchEngine(net, "fp32", EngineOptions(threads=torch.get_num_threads()))
-    probs = sigmoid(np.stack(task_for(art).outputs(engine.infer, data)))
+    task = task_for(art)
+    probs = task.probabilities(np.stack(task.outputs(engine.infer, data)))
     thr = np.array([art.spec.thresholds.get(c, 0.5) for c in classes])
     # Most confident = highest probability on an absent finding (not the margin over the
     # threshold, which would favour findings whose validation threshold is near 0).

@@ -1,36 +1,67 @@
-"""Multi-label classification (CheXNet chest X-ray findings, S1): one picture resized to the
-network's input, a sigmoid probability per class, per-class ROC-AUC, DICOM SR results."""
+"""Image classification: one picture resized to the network's input, per-class ROC-AUC,
+DICOM SR results.
+
+Multi-label (CheXNet chest X-ray findings, S1): a sigmoid probability per finding. Mutually
+exclusive classes (the artifact's ``classification.exclusive``, e.g. the six Bethesda classes
+of a cell): a softmax over the classes, and top-1 ``accuracy`` and ``balanced_accuracy``
+beside the AUCs."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from medinfer.artifact import ModelArtifact
-from medinfer.data.labels import is_labeled_folder, load_labeled, read_labels
+from medinfer.artifact import ClassificationSpec, ModelArtifact
+from medinfer.data.labels import check_exclusive, is_labeled_folder, load_labeled, read_labels
 from medinfer.io import Image
 from medinfer.io.derived import overlay_slice, write_png, write_sc, write_sr
 from medinfer.metrics import classification_scores
-from medinfer.tasks.base import GateLimits, PictureTask, Prediction, WriteOptions, WrittenFile
+from medinfer.metrics.exclusive import exclusive_scores
+from medinfer.tasks.base import GateLimits, PictureTask, Prediction, WriteOptions, WrittenFile, gate_keys
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, np.float64)))
 
 
-class Classification(PictureTask):
-    """Multi-label classification of pictures (``labels.csv`` + ``images/``).
+def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Probabilities over ``axis`` (the classes) of ``logits``, computed stably in float64."""
+    z = np.asarray(logits, np.float64)
+    e = np.exp(z - z.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
-    The gate checks the mean AUC *and* every single class's AUC.
+
+class Classification(PictureTask):
+    """Classification of pictures (``labels.csv`` + ``images/``, or ``images/<class>/``).
+
+    The gate checks the mean AUC *and* every single class's AUC; for exclusive classes
+    also the top-1 accuracy (within the same ``max_drop`` as the mean AUC).
     """
 
     name: ClassVar[str] = "classification"
     primary: ClassVar[str] = "mean_auc"
-    columns: ClassVar[tuple[tuple[str, str], ...]] = (("mean_auc", "mean AUC"),
-                                                      ("abnormal_auc", "abnormal AUC"))
-    layout: ClassVar[str] = "labels.csv + images/"
+    layout: ClassVar[str] = "labels.csv + images/, or images/<class>/"
+
+    @property
+    def columns(self) -> tuple[tuple[str, str], ...]:  # type: ignore[override]
+        """Mean and abnormal AUC; exclusive classes: mean AUC, accuracy, balanced accuracy
+        (and the abnormal AUC when a normal class is named)."""
+        if not self.class_spec.exclusive:
+            return (("mean_auc", "mean AUC"), ("abnormal_auc", "abnormal AUC"))
+        cols = (("mean_auc", "mean AUC"), ("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"))
+        return cols + ((("abnormal_auc", "abnormal AUC"),) if self.class_spec.normal else ())
+
+    @property
+    def class_spec(self) -> ClassificationSpec:
+        """The artifact's class settings (default: independent findings)."""
+        return self.art.spec.classification or ClassificationSpec()
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Per-class probabilities of logits (..., K): softmax over exclusive classes, else a sigmoid each."""
+        return softmax(logits) if self.class_spec.exclusive else sigmoid(logits)
 
     @classmethod
     def handles(cls, art: ModelArtifact) -> bool:
@@ -44,19 +75,37 @@ class Classification(PictureTask):
         return is_labeled_folder(folder)
 
     def load_eval(self, folder: Path, limit: int | None = None):
-        records = read_labels(folder, self.art.spec.classes)
-        return load_labeled(records[:limit] if limit else records, self.spec, self.art.spec.classes)
+        records = read_labels(folder, self.art.spec.classes, self.class_spec.groups or None)
+        records = records[:limit] if limit else records
+        if self.class_spec.exclusive:
+            check_exclusive(records)
+        return load_labeled(records, self.spec, self.art.spec.classes)
 
     def postprocess(self, outputs: np.ndarray, image: Image) -> Prediction:
-        probs = sigmoid(outputs)
-        return Prediction(self.name, scores={c: float(p) for c, p in zip(self.classes, probs)},
-                          thresholds=dict(self.art.spec.thresholds))
+        probs = self.probabilities(outputs)
+        scores = {c: float(p) for c, p in zip(self.classes, probs)}
+        extra = {"predicted": max(scores, key=scores.__getitem__)} if self.class_spec.exclusive else {}
+        return Prediction(self.name, scores=scores, thresholds=dict(self.art.spec.thresholds), extra=extra)
 
     def metrics(self, outputs, data, n_boot: int = 0) -> dict[str, Any]:
         """Per-class ROC-AUC, mean AUC over classes present, abnormal AUC; with ``n_boot``,
-        bootstrap 95% intervals under ``intervals`` and positives per class."""
-        probs = sigmoid(np.stack(outputs)) if outputs else np.zeros((0, len(data.classes)))
-        s = classification_scores(probs, data.labels, data.classes, data.abnormal, n_boot=n_boot)
+        bootstrap 95% intervals under ``intervals`` and positives per class.
+
+        Exclusive classes add ``accuracy`` and ``balanced_accuracy`` (with ``n_boot``: their
+        Wilson and bootstrap intervals under ``intervals``, the per-class ``recall`` and the
+        ``confusion`` matrix, rows true, columns predicted); their abnormal AUC scores one
+        minus the normal class's probability against "not the normal class" (none without one)."""
+        probs = self.probabilities(np.stack(outputs)) if outputs else np.zeros((0, len(data.classes)))
+        spec = self.class_spec
+        if spec.exclusive:
+            s = classification_scores(probs, data.labels, data.classes, n_boot=n_boot)
+            if spec.normal in data.classes:  # abnormal: any class but the normal one
+                k = list(data.classes).index(spec.normal)
+                a = classification_scores(1.0 - probs[:, [k]], 1.0 - data.labels[:, [k]], ["abnormal"],
+                                          n_boot=n_boot)
+                s = replace(s, abnormal_auc=a.per_class["abnormal"])
+        else:
+            s = classification_scores(probs, data.labels, data.classes, data.abnormal, n_boot=n_boot)
         out: dict[str, Any] = s.flat()
         if n_boot:
             out["intervals"] = {"mean_auc": [s.mean_auc.low, s.mean_auc.high],
@@ -64,6 +113,12 @@ class Classification(PictureTask):
                                    if s.abnormal_auc else {}),
                                 **{f"auc/{c}": [v.low, v.high] for c, v in s.per_class.items()}}
             out["positives"] = {c: v.positives for c, v in s.per_class.items()}
+        if spec.exclusive:
+            e = exclusive_scores(probs, data.labels, data.classes, n_boot=n_boot)
+            out.update(accuracy=e.accuracy, balanced_accuracy=e.balanced_accuracy)
+            if n_boot:
+                out["intervals"].update(accuracy=list(e.accuracy_ci), balanced_accuracy=list(e.balanced_ci))
+                out.update(recall=e.recall, confusion=e.confusion.tolist())
         return out
 
     def gate(self, ref: dict[str, float], cand: dict[str, float], limits: GateLimits) -> str:
@@ -76,7 +131,7 @@ class Classification(PictureTask):
             drop, cls = max(worst)
             if drop > limits.max_class_drop:
                 return f"{cls} AUC drop {drop:.4f} > max {limits.max_class_drop:.4f}"
-        return ""
+        return gate_keys(ref, cand, limits, ("accuracy",)) if self.class_spec.exclusive else ""
 
     def write_files(self, pred: Prediction, image: Image, out_dir: Path,
                     options: WriteOptions) -> list[WrittenFile]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from medinfer.artifact import CytologySpec, DetectionSpec
 from medinfer.data.spec import Preprocessing
@@ -160,6 +160,15 @@ class ClassifyConfig(FitConfig):
         split: train / validation / test fractions of the images, split by patient.
         augment_prob: probability of the random affine transform per image.
         limit: use only the first N images by name (tests, quick runs; None or 0: all).
+        exclusive: the classes are mutually exclusive (one per image: the Bethesda classes
+            of a cell): softmax cross-entropy, class weights ``n_max / n_k`` clipped to
+            [1, ``pos_weight_max``] (1 = unweighted), ``accuracy`` and ``balanced_accuracy``
+            reported. ``classes`` must then be listed. False: independent findings (BCE).
+        groups: output class -> the labels (class folders or findings) merged into it, e.g.
+            ``{normal: [NILM], abnormal: [ASC-US, LSIL, ASC-H, HSIL, SCC]}`` for normal vs
+            abnormal; ``classes`` defaults to the groups' names, in order.
+        normal: the class meaning "nothing abnormal" (exclusive runs report ``abnormal_auc``
+            as the AUC of one minus its probability); empty: none.
     """
 
     task: Literal["classification"] = "classification"
@@ -174,6 +183,9 @@ class ClassifyConfig(FitConfig):
     split: tuple[float, float, float] = (0.6, 0.15, 0.25)
     augment_prob: float = Field(0.5, ge=0, le=1)
     limit: int | None = Field(None, ge=0)
+    exclusive: bool = False
+    groups: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    normal: str = ""
     preprocessing: Preprocessing = Preprocessing(
         size=(128, 128), mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 
@@ -183,6 +195,31 @@ class ClassifyConfig(FitConfig):
         if abs(sum(value) - 1.0) > 1e-6 or min(value) < 0:
             raise ValueError(f"split fractions must be >= 0 and sum to 1, got {list(value)}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classes_from_groups(cls, data: Any) -> Any:
+        """Without ``classes``, the groups' names (in order) are the classes."""
+        if isinstance(data, dict) and data.get("groups") and not data.get("classes"):
+            return {**data, "classes": tuple(data["groups"])}
+        return data
+
+    @model_validator(mode="after")
+    def _consistent_labels(self) -> ClassifyConfig:
+        if self.exclusive and not self.classes:
+            raise ValueError("exclusive: true needs the classes listed (the 14 NIH findings are not exclusive)")
+        if self.groups:
+            if tuple(self.groups) != tuple(self.classes):
+                raise ValueError(f"classes {list(self.classes)} must be the groups' names {list(self.groups)}, "
+                                 "in order")
+            members = [m for ms in self.groups.values() for m in ms]
+            twice = sorted({m for m in members if members.count(m) > 1})
+            if twice or not all(self.groups.values()):
+                raise ValueError(f"every group needs labels and a label belongs to one group "
+                                 f"(in several: {', '.join(twice) or 'none'})")
+        if self.normal and self.normal not in self.classes:
+            raise ValueError(f"normal {self.normal!r} is not one of the classes {list(self.classes)}")
+        return self
 
 
 class VolumeTrainConfig(FitConfig):

@@ -27,7 +27,7 @@ from monai.losses import DiceCELoss, DiceLoss
 
 from medinfer.artifact import DataSplit, ModelArtifact
 from medinfer.data.augment import augment_batch, paper_augmentation, strong_augmentation
-from medinfer.data.labels import NIH_FINDINGS, load_labeled, read_labels, split_by_patient
+from medinfer.data.labels import NIH_FINDINGS, check_exclusive, load_labeled, read_labels, split_by_patient
 from medinfer.data.pairs import find_pairs, load_pairs, split_pairs
 from medinfer.data.volumes import VolumePair, find_volume_pairs, load_volumes, sample_windows, slab_split
 from medinfer.errors import InputError
@@ -214,7 +214,9 @@ class ClassificationRecipe(Recipe[ClassifyConfig]):
         return tuple(cfg.classes or NIH_FINDINGS)
 
     def split(self, cfg: ClassifyConfig) -> Split:
-        records = read_labels(cfg.data, self.classes(cfg))
+        records = read_labels(cfg.data, self.classes(cfg), cfg.groups or None)
+        if cfg.exclusive:
+            check_exclusive(records)
         if cfg.limit:
             records = sorted(records, key=lambda r: r.name)[: cfg.limit]
         train, val, test = split_by_patient(records, cfg.split, cfg.seed)
@@ -226,6 +228,10 @@ class ClassificationRecipe(Recipe[ClassifyConfig]):
         return load_labeled(items, cfg.preprocessing, self.classes(cfg), progress)
 
     def loss(self, cfg: ClassifyConfig, train: Any) -> torch.nn.Module:
+        if cfg.exclusive:  # softmax cross-entropy on the one-hot rows; rarer classes weigh more
+            counts = train.labels.sum(axis=0)
+            weight = np.clip(counts.max() / np.maximum(counts, 1.0), 1.0, cfg.pos_weight_max)
+            return torch.nn.CrossEntropyLoss(weight=torch.as_tensor(weight, dtype=torch.float32))
         return torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight(train.labels, cfg.pos_weight_max))
 
     def sampler(self, cfg: ClassifyConfig, train: Any, shard: Shard = Shard()) -> Sampler:
@@ -242,12 +248,22 @@ class ClassificationRecipe(Recipe[ClassifyConfig]):
         return len(self.classes(cfg))
 
     def spec_fields(self, cfg: ClassifyConfig) -> dict[str, Any]:
-        return {"task": "classification", "classes": list(self.classes(cfg))}
+        fields: dict[str, Any] = {"task": "classification", "classes": list(self.classes(cfg))}
+        if cfg.exclusive or cfg.groups or cfg.normal:  # else none: the artifact reads as before
+            fields["classification"] = {"exclusive": cfg.exclusive, "normal": cfg.normal,
+                                        "groups": {k: list(v) for k, v in cfg.groups.items()}}
+        return fields
 
     def on_best(self, cfg: ClassifyConfig, art: ModelArtifact, engine: Engine, val: Any) -> None:
-        """Per class, the validation threshold maximizing Youden's J (stored in the artifact)."""
-        art.spec.thresholds = youden_thresholds(_probabilities(engine, val.images), val.labels,
-                                                self.classes(cfg))
+        """Per class, the validation threshold maximizing Youden's J (stored in the artifact),
+        on the probabilities the task reports (softmax over exclusive classes: one class
+        against the rest)."""
+        if cfg.exclusive:
+            logits = np.concatenate([engine.infer(val.images[i:i + 64]) for i in range(0, len(val.images), 64)])
+            probs = torch.softmax(torch.from_numpy(logits), dim=1).numpy()
+        else:
+            probs = _probabilities(engine, val.images)
+        art.spec.thresholds = youden_thresholds(probs, val.labels, self.classes(cfg))
 
 
 def _probabilities(engine: Engine, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
