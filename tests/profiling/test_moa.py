@@ -68,6 +68,14 @@ def test_normalisation_centres_dmso_and_drops_positions(wells: WellProfiles, nor
     assert np.isfinite(normalized.features).all()
 
 
+def test_accuracy_on_the_shipped_profiles_is_pinned(results) -> None:
+    """The figures BENCHMARKS.md "S8" quotes (``benchmarks/moa.py``): correct treatments of 103."""
+    assert (results["nsc"].n_scored, round(results["nsc"].accuracy * 103)) == (103, 78)  # 0.757
+    assert round(results["nscb"].accuracy * 103) == 72  # 0.699
+    assert round(results["random"].accuracy * 103) == 97  # 0.942
+    assert results["nsc"].accuracy == pytest.approx(78 / 103)
+
+
 def test_protocols_respect_their_exclusions(treatments: TreatmentProfiles, results) -> None:
     nsc, nscb = results["nsc"], results["nscb"]
     for i, j in enumerate(nsc.neighbour):
