@@ -76,12 +76,15 @@ def test_finding_codes_are_pydicoms_own(name: str, concept: Code) -> None:
 
 def test_every_shipped_model_name_is_coded_standard_or_private() -> None:
     """Each segment and class name of models/*/artifact.json gets a code; the shipped
-    segment names and most chest X-ray findings get a standard one."""
-    names: dict[str, list[str]] = {"segments": [], "classes": []}
+    segment names and most chest X-ray findings get a standard one (the Bethesda cell
+    classes of the cytology models have no verified SNOMED CT mapping here: private codes)."""
+    names: dict[str, list[str]] = {"segments": [], "classes": [], "chest": []}
     for path in sorted(MODELS.glob("*/artifact.json")):
         art = json.loads(path.read_text())
         names["segments"] += list(art.get("segments", {}).values())
         names["classes"] += list(art.get("classes", []))
+        if path.parent.name.startswith("cxr-"):
+            names["chest"] += list(art.get("classes", []))
     if not names["segments"] and not names["classes"]:
         pytest.skip("no model artifacts in this checkout")
     for name in names["segments"]:
@@ -89,7 +92,8 @@ def test_every_shipped_model_name_is_coded_standard_or_private() -> None:
     findings = [finding_code(c) for c in names["classes"]]
     standard = [c for c in findings if c.scheme_designator != PRIVATE_SCHEME]
     assert all(c.scheme_designator in ("SCT", "DCM") for c in standard)
-    assert len(standard) >= len(findings) // 2
+    chest = [finding_code(c) for c in names["chest"]]
+    assert chest and sum(c.scheme_designator != PRIVATE_SCHEME for c in chest) >= len(chest) // 2
 
 
 @pytest.mark.parametrize("name", ["Pneumonia", "Pleural_Thickening", "Hernia", "foreground",
