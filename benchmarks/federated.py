@@ -101,6 +101,7 @@ def main() -> None:
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--work", type=Path, default=REPO / "runs/bench/federated")
     p.add_argument("--reuse", action="store_true", help="keep the artifacts an earlier run left in --work")
+    p.add_argument("--no-alone", action="store_true", help="leave out the runs of each site alone")
     p.add_argument("--optimize", action="store_true",
                    help="also optimize the federated model (calibrated on site 0's training images, gated on the held-out part)")
     p.add_argument("--out", type=Path, required=True)
@@ -127,7 +128,7 @@ def main() -> None:
                 "--set", f"threads={max(1, cores // a.sites)}"], out if a.reuse else None)
     rows.append({"approach": "federated", "train_images": len(split.train), "wall_s": wall, "artifact": rel(out)})
 
-    for k in range(a.sites):
+    for k in range(0 if a.no_alone else a.sites):
         out = work / f"alone-{k}"
         share = site_share(split, k, a.sites)
         wall = run(["train", "--config", config, "--set", f"out={rel(out)}", "--set", f"site={k}",
