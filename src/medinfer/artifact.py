@@ -341,6 +341,11 @@ class ClassificationSpec(BaseModel):
     normal: str = ""
 
 
+def label_groups(spec: ArtifactSpec) -> dict[str, list[str]] | None:
+    """The groups an artifact's classes merge the data's labels into (None: none)."""
+    return (spec.classification.groups if spec.classification else None) or None
+
+
 class ArtifactSpec(BaseModel):
     """Contents of ``artifact.json``."""
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from medinfer.artifact import ArtifactSpec, ModelArtifact
+from medinfer.apps.splits import classification_split
 from medinfer.data.labels import is_class_folder, is_labeled_folder, merge_groups, read_labels
 from medinfer.data.spec import Preprocessing
 from medinfer.errors import InputError
@@ -129,6 +130,11 @@ def test_binary_merge_gives_two_classes(cells: Path, tmp_path: Path) -> None:
     assert art.spec.classification.groups == {"normal": ["NILM"], "abnormal": ["LSIL", "HSIL"]}
     data = task_for(art).load_eval(cells)  # the folders merge the same way when evaluated
     assert data.labels.shape == (24, 2) and data.labels.sum(axis=0).tolist() == [8.0, 16.0]
+    # The split folders the optimizer and the report read back (labels.csv of merged classes).
+    parts = classification_split(art, tmp_path / "split")
+    test = task_for(art).load_eval(parts.test)
+    split = art.spec.training.split
+    assert test.labels.shape[1] == 2 and len(test.labels) == len(split.test or split.val)  # a crop per "patient"
 
 
 def test_exclusive_gate_checks_accuracy_too(cells: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from medinfer.artifact import ModelArtifact
+from medinfer.artifact import ModelArtifact, label_groups
 from medinfer.data.labels import read_labels, write_subset
 from medinfer.data.volumes import find_volume_pairs, slab_split, write_volume_subset
 from medinfer.errors import ArtifactError
@@ -42,7 +42,7 @@ def classification_split(art: ModelArtifact, work: Path, data: Path | None = Non
     if split is None or split.unit != "patient":
         raise ArtifactError(art.root, "no recorded patient split (train it with `medinfer train`)")
     data = Path(data or str(art.spec.training.data))
-    records = read_labels(data, art.spec.classes)
+    records = read_labels(data, art.spec.classes, label_groups(art.spec))
     parts = {k: [r for r in records if r.patient in set(getattr(split, k) or ())]
              for k in ("train", "val", "test")}
     calib = write_subset(parts["train"][:n_calib], work / "calib")

@@ -135,7 +135,7 @@ def read_labels(root: str | Path, classes: Sequence[str] = NIH_FINDINGS,
     """
     root = Path(root)
     csv_path = root / LABELS_FILE
-    known = {m for members in groups.values() for m in members} if groups else set(classes)
+    known = {m for members in groups.values() for m in members} | set(groups) if groups else set(classes)
     if csv_path.is_file() and not (is_class_folder(root) and not _has_findings(csv_path)):
         records = _read_csv(root, known)
     elif is_class_folder(root):
@@ -211,6 +211,7 @@ def merge_groups(records: Sequence[LabeledImage], groups: Groups) -> list[Labele
         InputError: naming an image whose finding is in no group.
     """
     owner = {m: g for g, members in groups.items() for m in members}
+    owner.update({g: g for g in groups})  # already merged (a folder written by write_subset)
     out = []
     for r in records:
         missing = sorted(f for f in r.findings if f not in owner)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medinfer.artifact import ModelArtifact
+from medinfer.artifact import ModelArtifact, label_groups
 from medinfer.data.labels import load_labeled, read_labels
 from medinfer.errors import InputError, MedinferError
 from medinfer.io import Image
@@ -189,7 +189,7 @@ def find_false_positives(art: ModelArtifact, data_dir: str | Path, n: int = 4,
     split = art.spec.training.split
     patients = split if split is not None and split.unit == "patient" else None
     test, train = (set(patients.test), set(patients.train)) if patients else (set(), set())
-    records = read_labels(data_dir, classes)
+    records = read_labels(data_dir, classes, label_groups(art.spec))
     trained_on = recorded_data(art)
     if trained_on is not None and trained_on.resolve() == Path(data_dir).resolve() and test:
         records = [r for r in records if r.patient in test]

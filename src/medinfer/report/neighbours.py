@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medinfer.artifact import ModelArtifact
+from medinfer.artifact import ModelArtifact, label_groups
 from medinfer.data.labels import LabeledImage, load_labeled, read_labels
 from medinfer.errors import InputError
 from medinfer.metrics.distance import (
@@ -160,14 +160,14 @@ def training_records(art: ModelArtifact, train_data: str | Path | None = None) -
     """
     classes = art.spec.classes
     if train_data is not None:
-        return read_labels(train_data, classes), f"{train_data} (all images)"
+        return read_labels(train_data, classes, label_groups(art.spec)), f"{train_data} (all images)"
     data = recorded_data(art)
     split = art.spec.training.split
     if data is None or split is None or split.unit != "patient":
         raise InputError(art.root, "the artifact records no readable training data folder and "
                                    "patient split; pass the training images with --train-data DIR")
     train = set(split.train)
-    records = [r for r in read_labels(data, classes) if r.patient in train]
+    records = [r for r in read_labels(data, classes, label_groups(art.spec)) if r.patient in train]
     if not records:
         raise InputError(data, "none of the artifact's training patients are in this folder")
     return records, f"{data} (the {len(train)} training patients of the artifact's split)"
