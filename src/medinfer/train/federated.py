@@ -62,7 +62,8 @@ from medinfer.runtime.launch import free_port
 from medinfer.tasks import task_for
 from medinfer.train.cli_config import validate as validate_config
 from medinfer.train.config import FitConfig
-from medinfer.train.fit import FitResult, Trainer, load_parts, make_network, new_artifact, validate
+from medinfer.train.fit import (FitResult, Trainer, array_problem, load_parts, load_state_arrays, make_network,
+                                 new_artifact, state_arrays, validate)
 from medinfer.train.recipes import Recipe, Split, recipe_for, site_share
 
 log = logging.getLogger(__name__)
@@ -199,20 +200,6 @@ def run_client(cfg: FitConfig, plan: FederatedPlan, site: int, server: str,
 # --- the server ----------------------------------------------------------------------------
 
 
-def check_update(arrays: list[np.ndarray], expected: list[tuple[tuple[int, ...], np.dtype]]) -> str | None:
-    """Why an update cannot be averaged (None: it can): count, shapes, dtypes, finiteness."""
-    if len(arrays) != len(expected):
-        return f"{len(arrays)} arrays, the network has {len(expected)}"
-    for i, (a, (shape, dtype)) in enumerate(zip(arrays, expected)):
-        if tuple(a.shape) != shape:
-            return f"array {i}: shape {tuple(a.shape)}, expected {shape}"
-        if a.dtype != dtype:
-            return f"array {i}: dtype {a.dtype}, expected {dtype}"
-        if a.dtype.kind == "f" and not np.isfinite(a).all():
-            return f"array {i}: not finite"
-    return None
-
-
 def _weighted(metrics: list[tuple[int, dict[str, Scalar]]]) -> dict[str, Scalar]:
     """Sample-weighted mean of every numeric metric the clients sent."""
     sums: dict[str, float] = defaultdict(float)
@@ -257,7 +244,7 @@ class CheckedFedAvg(FedAvg):
             on_fit_config_fn=lambda r: {"round": r, "local_epochs": plan.local_epochs},
             evaluate_metrics_aggregation_fn=_weighted)
         self.plan, self.on_round = plan, on_round
-        self.expected = [(tuple(a.shape), a.dtype) for a in initial]
+        self.shapes, self.dtypes = [a.shape for a in initial], [a.dtype for a in initial]
         self.latest = initial
         self.rounds: dict[int, RoundLog] = {}
         self._started = time.perf_counter()
@@ -277,7 +264,7 @@ class CheckedFedAvg(FedAvg):
         for proxy, res in results:
             site = int(res.metrics.get("site", -1))
             try:
-                problem = check_update(parameters_to_ndarrays(res.parameters), self.expected)
+                problem = array_problem(parameters_to_ndarrays(res.parameters), self.shapes, self.dtypes)
             except Exception as exc:  # bytes that are not arrays at all
                 problem = f"unreadable: {exc}"
             if problem:
@@ -335,7 +322,7 @@ def run_server(cfg: FitConfig, plan: FederatedPlan, address: str, command: str =
     certificates = plan.server_certificates()  # a bad certificate fails before anything starts
     torch.manual_seed(cfg.seed)
     net = make_network(recipe, cfg)
-    initial = [v.detach().cpu().numpy().copy() for v in net.state_dict().values()]
+    initial = state_arrays(net)
     t0 = time.perf_counter()
     with status_progress() as bar:
         task = bar.add_task("rounds", total=plan.rounds, status="waiting for the sites")
@@ -354,7 +341,7 @@ def run_server(cfg: FitConfig, plan: FederatedPlan, address: str, command: str =
                          config=ServerConfig(num_rounds=plan.rounds, round_timeout=plan.round_timeout))
     if not any(r.averaged for r in strategy.rounds.values()):
         raise MedinferError("federated run ended without a usable update from any site; no model written")
-    net.load_state_dict({k: torch.as_tensor(a) for k, a in zip(net.state_dict(), strategy.latest)})
+    load_state_arrays(net, strategy.latest)
     art = new_artifact(recipe, cfg, Split([], [], [], DataSplit()), command)
     _record(art, strategy, plan, time.perf_counter() - t0)
     art.save_weights(net)

@@ -170,6 +170,42 @@ def _memory_format(net: torch.nn.Module) -> torch.memory_format:
     return torch.channels_last_3d if conv3d else torch.channels_last
 
 
+def state_arrays(net: torch.nn.Module) -> list[np.ndarray]:
+    """``net``'s state (weights and buffers) as arrays, in ``state_dict`` order."""
+    return [v.detach().cpu().numpy().copy() for v in net.state_dict().values()]
+
+
+def array_problem(arrays: list[np.ndarray], shapes: list[tuple[int, ...]],
+                  dtypes: list[np.dtype] | None = None) -> str | None:
+    """Why ``arrays`` cannot be a network state of ``shapes`` (and ``dtypes``); None: they can.
+    Checked: the count, each shape (and dtype), finite floating-point values."""
+    if len(arrays) != len(shapes):
+        return f"{len(arrays)} arrays, the network has {len(shapes)}"
+    for i, a in enumerate(arrays):
+        a = np.asarray(a)
+        if tuple(a.shape) != tuple(shapes[i]):
+            return f"array {i}: shape {tuple(a.shape)}, expected {tuple(shapes[i])}"
+        if dtypes is not None and a.dtype != dtypes[i]:
+            return f"array {i}: dtype {a.dtype}, expected {dtypes[i]}"
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            return f"array {i}: not finite"
+    return None
+
+
+def load_state_arrays(net: torch.nn.Module, arrays: list[np.ndarray]) -> None:
+    """Load arrays in :func:`state_arrays`' order into ``net`` (each cast to its tensor's dtype).
+
+    Raises:
+        ValueError: :func:`array_problem` finds one.
+    """
+    state = net.state_dict()
+    problem = array_problem(arrays, [tuple(v.shape) for v in state.values()])
+    if problem:
+        raise ValueError(problem)
+    net.load_state_dict({k: torch.as_tensor(np.asarray(a), dtype=v.dtype)
+                         for (k, v), a in zip(state.items(), arrays)})
+
+
 class Trainer:
     """A network in training: its optimizer, learning-rate schedule and warm-up, loss, and
     the sampler of this process's share of the training data.
@@ -241,27 +277,12 @@ class Trainer:
         return (float(np.mean(losses)) if losses else None), n * self.parallel.world
 
     def weights(self) -> list[np.ndarray]:
-        """The network's state (weights and buffers) as arrays, in ``state_dict`` order."""
-        return [v.detach().cpu().numpy().copy() for v in self.net.state_dict().values()]
+        """The network's state as arrays (:func:`state_arrays`)."""
+        return state_arrays(self.net)
 
     def set_weights(self, arrays: list[np.ndarray]) -> None:
-        """Load arrays in :meth:`weights`' order and shapes into the network.
-
-        Raises:
-            ValueError: the count, a shape or a value (NaN, infinity) does not fit.
-        """
-        state = self.net.state_dict()
-        if len(arrays) != len(state):
-            raise ValueError(f"{len(arrays)} arrays for a network of {len(state)} tensors")
-        new = {}
-        for (name, ref), a in zip(state.items(), arrays):
-            a = np.asarray(a)
-            if tuple(a.shape) != tuple(ref.shape):
-                raise ValueError(f"{name}: shape {tuple(a.shape)}, the network's is {tuple(ref.shape)}")
-            if a.dtype.kind == "f" and not np.isfinite(a).all():
-                raise ValueError(f"{name}: not finite")
-            new[name] = torch.as_tensor(a, dtype=ref.dtype)
-        self.net.load_state_dict(new)
+        """Load arrays in :meth:`weights`' order and shapes (:func:`load_state_arrays`)."""
+        load_state_arrays(self.net, arrays)
 
     def state(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly (see :meth:`load_state`)."""
